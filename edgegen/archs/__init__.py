@@ -1,0 +1,1 @@
+"""Backend-free architecture descriptions, one module per Hugging Face `model_type`."""

@@ -1,0 +1,150 @@
+"""The decoder-only transformer shared by Llama, Mistral and Qwen2/3: config, RoPE, weight names.
+
+Backend-free (numpy only). Each `archs/<model_type>.py` turns a Hugging Face `config.json` into a
+`DecoderConfig` with its own feature flags; runtimes build their graphs from this alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from edgegen.core.errors import ConfigError
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False  # bias on q/k/v (Qwen2 always; Llama when configured)
+    o_proj_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm on each head of q and k before RoPE (Qwen3)
+
+    @property
+    def context_length(self) -> int:
+        return self.max_position_embeddings
+
+    def inv_freq(self) -> np.ndarray:
+        """RoPE inverse frequencies (head_dim // 2,), float64, with any configured scaling."""
+        return rope_inv_freq(self.head_dim, self.rope_theta, self.rope_scaling)
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every Hugging Face tensor name this config needs, with its shape."""
+        h, d = self.hidden_size, self.head_dim
+        q, kv = self.num_attention_heads * d, self.num_key_value_heads * d
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        for i in range(self.num_hidden_layers):
+            shapes.update(_layer_shapes(self, f"model.layers.{i}.", h, q, kv))
+        shapes["model.norm.weight"] = (h,)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, h)
+        return shapes
+
+
+def _layer_shapes(c: DecoderConfig, p: str, h: int, q: int, kv: int) -> dict[str, tuple[int, ...]]:
+    f = c.intermediate_size
+    s = {
+        p + "input_layernorm.weight": (h,),
+        p + "post_attention_layernorm.weight": (h,),
+        p + "self_attn.q_proj.weight": (q, h),
+        p + "self_attn.k_proj.weight": (kv, h),
+        p + "self_attn.v_proj.weight": (kv, h),
+        p + "self_attn.o_proj.weight": (h, q),
+        p + "mlp.gate_proj.weight": (f, h),
+        p + "mlp.up_proj.weight": (f, h),
+        p + "mlp.down_proj.weight": (h, f),
+    }
+    if c.attention_bias:
+        s.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                  p + "self_attn.v_proj.bias": (kv,)})
+    if c.o_proj_bias:
+        s[p + "self_attn.o_proj.bias"] = (h,)
+    if c.mlp_bias:
+        s.update({p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,),
+                  p + "mlp.down_proj.bias": (h,)})
+    if c.qk_norm:
+        s.update({p + "self_attn.q_norm.weight": (c.head_dim,), p + "self_attn.k_norm.weight": (c.head_dim,)})
+    return s
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> np.ndarray:
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / float(scaling["factor"])
+    return _llama3_scaled(inv, scaling)  # validated in parse_decoder_config
+
+
+def _llama3_scaled(inv: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+    factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_ctx = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    out = np.where(wavelen > low_wavelen, inv / factor, inv)
+    is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(is_mid, mid, out)
+
+
+def parse_decoder_config(hf: dict[str, Any], **features: Any) -> DecoderConfig:
+    """Read the fields every decoder shares from a Hugging Face config dict (v4 or v5 layout)."""
+    try:
+        heads = int(hf["num_attention_heads"])
+        hidden = int(hf["hidden_size"])
+        theta, scaling = _rope_fields(hf)
+        return DecoderConfig(
+            model_type=hf["model_type"],
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_hidden_layers=int(hf["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(hf.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            **features,
+        )
+    except KeyError as exc:
+        raise ConfigError(f"config.json lacks the field {exc.args[0]!r}; is it a complete checkpoint?") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config.json has a malformed field ({exc})") from None
+
+
+def _rope_fields(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ConfigError(f"RoPE scaling {kind!r} is not supported yet; supported: {', '.join(ROPE_TYPES)}")
+    if kind == "default":
+        return theta, None
+    needed = ("factor",) if kind == "linear" else (
+        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [k for k in needed if k not in params]
+    if missing:
+        raise ConfigError(f"RoPE scaling {kind!r} lacks {', '.join(missing)} in config.json")
+    return theta, {**params, "rope_type": kind}

@@ -1,0 +1,17 @@
+"""Mistral: Llama without biases. A sliding window, where configured, caps the context: within the
+window full causal attention is exact."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from edgegen.archs._decoder import DecoderConfig, parse_decoder_config
+
+
+def parse_config(hf: dict[str, Any]) -> DecoderConfig:
+    config = parse_decoder_config(hf)
+    window = hf.get("sliding_window")
+    if window and int(window) < config.max_position_embeddings:
+        config = dataclasses.replace(config, max_position_embeddings=int(window))
+    return config

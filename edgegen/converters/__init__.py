@@ -1,0 +1,1 @@
+"""Turn Hugging Face checkpoints into runtime formats (MLX safetensors, ONNX graphs)."""

@@ -1,0 +1,123 @@
+"""`edgegen convert`: resolve the source, validate, export for one runtime, write atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from edgegen.converters.checkpoint import Checkpoint, open_checkpoint
+from edgegen.converters.hub import Source, resolve
+from edgegen.core.errors import ConfigError
+from edgegen.core.manifest import DTYPES, QUANTS, RUNTIMES, Manifest, Quantization
+from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
+
+GROUP_SIZES = (32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+    runtime: str = "onnx"
+    dtype: str = "fp32"
+    quant: str = "none"
+    group_size: int | None = None  # default: 32 for ONNX, 64 for MLX (each runtime's usual choice)
+    revision: str | None = None
+    force: bool = False
+
+    def validated(self) -> "ConvertOptions":
+        for value, allowed, flag in ((self.runtime, RUNTIMES, "--runtime"), (self.dtype, DTYPES, "--dtype"),
+                                     (self.quant, QUANTS, "--quant")):
+            if value not in allowed:
+                raise ConfigError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+        if self.quant == "none" and self.group_size is not None:
+            raise ConfigError("--group-size only applies to --quant q8 or q4; drop it or choose a quantization")
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
+        if self.runtime == "onnx" and self.dtype != "fp32":
+            raise ConfigError("ONNX models compute in fp32 on the CPU (weights shrink with --quant q8/q4); "
+                              "use --dtype fp32 or --runtime mlx")
+        return self
+
+    def quantization(self) -> Quantization:
+        if self.quant == "none":
+            return Quantization()
+        return Quantization(self.quant, self.group_size or (32 if self.runtime == "onnx" else 64))
+
+
+def convert(src: str, out: str | Path, options: ConvertOptions | None = None, **kwargs: Any) -> Path:
+    """Convert `src` (folder or hub repo id) into `out`; returns `out`. Nothing is left on failure."""
+    options = (options or ConvertOptions(**kwargs)).validated()
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not options.force:
+        raise ConfigError(f"{out} already exists; choose another -o or pass --force to replace it")
+    source = resolve(src, options.revision)
+    checkpoint = open_checkpoint(source.folder)
+    if options.runtime == "onnx" and checkpoint.config.head_dim % 16:
+        raise ConfigError(f"head_dim {checkpoint.config.head_dim} is not a multiple of 16, which ONNX Runtime's "
+                          "GroupQueryAttention needs; use --runtime mlx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write(checkpoint, source, tmp, options)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions) -> None:
+    quant = options.quantization()
+    c = ckpt.config
+    steps = 2 + c.num_hidden_layers
+    with tqdm(total=steps, desc=f"convert → {options.runtime}", unit="step", leave=False,
+              disable=None) as bar:
+        weights = ckpt.load_weights()
+        bar.update(1)
+        if options.runtime == "onnx":
+            from edgegen.converters.onnx.export import export_onnx
+
+            files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1))
+        else:
+            from edgegen.converters.mlx import export_mlx
+
+            files = export_mlx(c, weights, tmp, options.dtype, quant)
+            bar.update(c.num_hidden_layers)
+        del weights
+        tokenizer = _copy_tokenizer(ckpt.folder, tmp)
+        _manifest(ckpt, source, options, quant, tokenizer, files).write(tmp)
+        bar.update(1)
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> Tokenizer:
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    return Tokenizer(dst)  # fails now, not at load time, if the files are unusable
+
+
+def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: Quantization,
+              tokenizer: Tokenizer, files: dict[str, str]) -> Manifest:
+    origin = ({"repo": source.repo, "revision": source.revision} if source.repo
+              else {"path": str(source.folder), "sha256": ckpt.content_hash()})
+    return Manifest(
+        family="ar", architecture=ckpt.config.model_type, runtime=options.runtime, dtype=options.dtype,
+        quantization=quant, context_length=ckpt.config.context_length, vocab_size=ckpt.config.vocab_size,
+        special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
+        source=origin, config=ckpt.hf_config, files=files)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

@@ -1,0 +1,126 @@
+"""The decoder-only transformer as an ONNX graph of ONNX Runtime's fused CPU ops.
+
+    input_ids ─ Gather ─┬─ SimplifiedLayerNorm ─ attention ─ SkipSimplifiedLayerNorm ─ MLP ─┐
+                        └─────────── residual ────────────────┘          (× layers) ─────┘
+    ─ SkipSimplifiedLayerNorm ─ Slice(last `logits_to_keep`) ─ lm_head ─ logits
+
+Attention is `com.microsoft::GroupQueryAttention` with fused rotary; its past and present KV are
+meant to share one buffer per layer (BNSH, capacity × head_dim), which the runtime binds in place.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from edgegen.archs._decoder import DecoderConfig
+from edgegen.converters.onnx._builder import MS, GraphBuilder
+
+F32, I64, I32 = ir.DataType.FLOAT, ir.DataType.INT64, ir.DataType.INT32
+Weights = dict[str, np.ndarray]
+
+
+def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
+                  on_layer: Callable[[int], None] = lambda i: None) -> ir.Model:
+    """The whole graph. `separate_lm_head` gives the head its own (transposed) MatMul weight even
+    when embeddings are tied, so that weight quantization can turn it into MatMulNBits."""
+    g = GraphBuilder()
+    ids = g.input("input_ids", I64, ["batch_size", "sequence_length"])
+    seqlens_k = g.input("seqlens_k", I32, ["batch_size"])
+    total_len = g.input("total_sequence_length", I32, [])
+    keep = g.input("logits_to_keep", I64, [1])
+    cos, sin = _rotary_caches(g, c)
+    table = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])  # (vocab, hidden)
+    x = g.op("Gather", "/model/embed_tokens", [table, ids])
+    residual, delta = x, None
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        h, residual = _norm(g, c, f"/model/layers.{i}/input_layernorm", delta, residual, w[p + "input_layernorm.weight"])
+        past = [g.input(f"past_key_values.{i}.{kv}", F32, ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim])
+                for kv in ("key", "value")]
+        attn, present_k, present_v = _attention(g, c, w, i, h, past, seqlens_k, total_len, cos, sin)
+        h, residual = _norm(g, c, f"/model/layers.{i}/post_attention_layernorm", attn, residual,
+                            w[p + "post_attention_layernorm.weight"])
+        delta = _mlp(g, c, w, i, h)
+        for kv, value in (("key", present_k), ("value", present_v)):
+            g.output(value, f"present.{i}.{kv}", F32,
+                     ["batch_size", c.num_key_value_heads, "present_sequence_length", c.head_dim])
+        on_layer(i)
+    h, _ = _norm(g, c, "/model/norm", delta, residual, w["model.norm.weight"])
+    start = g.op("Neg", "/model/logits_to_keep", [keep])
+    h = g.op("Slice", "/model/last_positions", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])])
+    g.output(_lm_head(g, c, w, h, table, separate_lm_head), "logits", F32, ["batch_size", "kept_length", c.vocab_size])
+    return g.model(f"edgegen {c.model_type} decoder")
+
+
+def _rotary_caches(g: GraphBuilder, c: DecoderConfig) -> tuple[ir.Value, ir.Value]:
+    angles = np.outer(np.arange(c.context_length, dtype=np.float64), c.inv_freq())  # (positions, Dh/2)
+    return (g.weight("cos_cache", np.cos(angles).astype(np.float32)),
+            g.weight("sin_cache", np.sin(angles).astype(np.float32)))
+
+
+def _norm(g: GraphBuilder, c: DecoderConfig, name: str, delta: ir.Value | None, residual: ir.Value,
+          gamma: np.ndarray) -> tuple[ir.Value, ir.Value]:
+    """RMSNorm of `residual + delta`; returns (normed, new residual). Fused with the add when possible."""
+    weight = g.weight(name[len("/"):].replace("/", ".") + ".weight", gamma)
+    if delta is None:
+        return g.op("SimplifiedLayerNormalization", name, [residual, weight], axis=-1, epsilon=c.rms_norm_eps), residual
+    out, _, _, summed = g.ops("SkipSimplifiedLayerNormalization", name, [delta, residual, weight], 4, domain=MS,
+                              epsilon=c.rms_norm_eps)
+    return out, summed
+
+
+def _linear(g: GraphBuilder, w: Weights, name: str, x: ir.Value, hf: str) -> ir.Value:
+    """x @ W.T (+ b), with the Hugging Face (out, in) weight stored transposed as MatMul wants."""
+    y = g.op("MatMul", name, [x, g.weight(hf + ".weight.T", w[hf + ".weight"].T)])
+    if hf + ".bias" in w:
+        y = g.op("Add", name + "/bias", [y, g.weight(hf + ".bias", w[hf + ".bias"])])
+    return y
+
+
+def _attention(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value, past: list[ir.Value],
+               seqlens_k: ir.Value, total_len: ir.Value, cos: ir.Value, sin: ir.Value):
+    name, hf = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn."
+    q = _linear(g, w, f"{name}/q_proj", h, hf + "q_proj")  # (B, S, Hq*Dh)
+    k = _linear(g, w, f"{name}/k_proj", h, hf + "k_proj")  # (B, S, Hkv*Dh)
+    v = _linear(g, w, f"{name}/v_proj", h, hf + "v_proj")
+    if c.qk_norm:
+        q = _head_norm(g, c, f"{name}/q_norm", q, c.num_attention_heads, w[hf + "q_norm.weight"], hf + "q_norm.weight")
+        k = _head_norm(g, c, f"{name}/k_norm", k, c.num_key_value_heads, w[hf + "k_norm.weight"], hf + "k_norm.weight")
+    out, present_k, present_v = g.ops(
+        "GroupQueryAttention", name, [q, k, v, past[0], past[1], seqlens_k, total_len, cos, sin], 3, domain=MS,
+        num_heads=c.num_attention_heads, kv_num_heads=c.num_key_value_heads, do_rotary=1,
+        rotary_interleaved=0, scale=float(c.head_dim ** -0.5))
+    return _linear(g, w, f"{name}/o_proj", out, hf + "o_proj"), present_k, present_v
+
+
+def _head_norm(g: GraphBuilder, c: DecoderConfig, name: str, x: ir.Value, heads: int, gamma: np.ndarray,
+               hf: str) -> ir.Value:
+    """RMSNorm over each head: (B, S, H*Dh) → (B, S, H, Dh) → norm → (B, S, H*Dh)."""
+    x = g.op("Reshape", f"{name}/split_heads", [x, g.const([0, 0, heads, c.head_dim])])
+    x = g.op("SimplifiedLayerNormalization", name, [x, g.weight(hf, gamma)], axis=-1, epsilon=c.rms_norm_eps)
+    return g.op("Reshape", f"{name}/merge_heads", [x, g.const([0, 0, heads * c.head_dim])])
+
+
+def _mlp(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value) -> ir.Value:
+    name, hf = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp."
+    gate = _linear(g, w, f"{name}/gate_proj", h, hf + "gate_proj")
+    up = _linear(g, w, f"{name}/up_proj", h, hf + "up_proj")
+    silu = g.op("Mul", f"{name}/act_fn", [gate, g.op("Sigmoid", f"{name}/act_fn", [gate])])
+    return _linear(g, w, f"{name}/down_proj", g.op("Mul", f"{name}/gate_up", [silu, up]), hf + "down_proj")
+
+
+def _lm_head(g: GraphBuilder, c: DecoderConfig, w: Weights, h: ir.Value, table: ir.Value,
+             separate: bool) -> ir.Value:
+    if not c.tie_word_embeddings:
+        return _linear(g, w, "/lm_head", h, "lm_head")
+    if separate:
+        return g.op("MatMul", "/lm_head", [h, g.weight("lm_head.weight.T", w["model.embed_tokens.weight"].T)])
+    # Tied and unquantized: Gemm with transB reads the embedding table itself, no transposed copy.
+    flat = g.op("Reshape", "/lm_head/flatten", [h, g.const([-1, c.hidden_size])])
+    logits = g.op("Gemm", "/lm_head", [flat, table], transB=1)
+    lead = g.op("Shape", "/lm_head/shape", [h], start=0, end=2)
+    shape = g.op("Concat", "/lm_head/out_shape", [lead, g.const([c.vocab_size])], axis=0)
+    return g.op("Reshape", "/lm_head/unflatten", [logits, shape])

@@ -1,0 +1,51 @@
+"""Write `model.onnx` + external data: build the fp32 graph, then quantize weights to MatMulNBits
+(and the embedding to GatherBlockQuantized) with onnxruntime's own quantization tools."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgegen.archs._decoder import DecoderConfig
+from edgegen.converters.onnx.decoder import build_decoder
+from edgegen.core.manifest import Quantization
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits on CPU: the fast kernels (VNNI / SDOT)
+
+
+def export_onnx(config: DecoderConfig, weights: dict[str, np.ndarray], out: Path, quant: Quantization,
+                on_layer: Callable[[int], None]) -> dict[str, str]:
+    model = build_decoder(config, weights, separate_lm_head=quant.bits is not None, on_layer=on_layer)
+    proto = ir.serde.serialize_model(model)
+    if quant.bits:
+        proto = _quantize(proto, quant)
+    onnx.save_model(proto, str(out / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=DATA_FILE, size_threshold=1024)
+    return {"model": MODEL_FILE, "weights": DATA_FILE}
+
+
+def _quantize(proto: onnx.ModelProto, quant: Quantization) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=quant.group_size, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=quant.bits,
+        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer = MatMulNBitsQuantizer(proto, bits=quant.bits, block_size=quant.group_size, is_symmetric=True,
+                                     accuracy_level=ACCURACY_LEVEL, algo_config=config,
+                                     op_types_to_quantize=("MatMul", "Gather"),
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.WARNING)  # the quantizer logs every node at INFO
+    try:
+        quantizer.process()
+    finally:
+        logging.getLogger().setLevel(level)
+    return quantizer.model.model

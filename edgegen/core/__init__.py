@@ -1,0 +1,1 @@
+"""Backend-free contracts: protocols, the manifest, errors and the registry (numpy + stdlib only)."""

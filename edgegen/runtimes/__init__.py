@@ -1,0 +1,1 @@
+"""Runtimes execute converted models behind the `edgegen.core` protocols."""

@@ -1,0 +1,1 @@
+"""MLX runtime (Metal on Apple silicon, CPU elsewhere)."""

@@ -1,0 +1,90 @@
+"""Load a converted MLX model and serve it as a `LanguageModel`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgegen.archs._decoder import DecoderConfig
+from edgegen.core import registry
+from edgegen.core.errors import BackendUnavailable
+from edgegen.core.manifest import Manifest
+from edgegen.core.protocols import Capability
+
+WEIGHTS = "model.safetensors"
+MX_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def import_mlx():
+    try:
+        import mlx.core as mx
+    except ImportError:
+        raise BackendUnavailable("MLX is not installed; `pip install mlx` on macOS or `pip install "
+                                 "'mlx[cpu]'` on Linux, or convert with --runtime onnx") from None
+    return mx
+
+
+def select_device(device: str | None) -> str:
+    """Use Metal where available ('gpu'), else the CPU; an explicit 'gpu' without Metal falls back."""
+    mx = import_mlx()
+    metal = mx.metal.is_available()
+    if device in (None, "auto"):
+        device = "gpu" if metal else "cpu"
+    if device == "gpu" and not metal:
+        print("edgegen: Metal is not available on this machine; MLX runs on the CPU", file=sys.stderr)
+        device = "cpu"
+    mx.set_default_device(mx.gpu if device == "gpu" else mx.cpu)
+    return device
+
+
+def quantize_predicate(group_size: int):
+    import mlx.nn as nn
+
+    def predicate(_path: str, module) -> bool:
+        return isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.shape[-1] % group_size == 0
+
+    return predicate
+
+
+def build_model(config: DecoderConfig, manifest_quant=None):
+    """The MLX module for `config`, quantized in structure when `manifest_quant` says so."""
+    import mlx.nn as nn
+
+    model = registry.runtime_model_module("mlx", config.model_type).Model(config)
+    if manifest_quant is not None and manifest_quant.bits:
+        nn.quantize(model, group_size=manifest_quant.group_size, bits=manifest_quant.bits,
+                    class_predicate=quantize_predicate(manifest_quant.group_size))
+    return model
+
+
+class MLXLanguageModel:
+    capabilities = Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN
+
+    def __init__(self, folder: Path, manifest: Manifest, device: str | None = None):
+        mx = import_mlx()
+        self.device = select_device(device)
+        self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.model = build_model(self.config, manifest.quantization)
+        self.model.load_weights(str(folder / WEIGHTS))
+        self.model.eval()
+        mx.eval(self.model.parameters())
+        self.vocab_size = self.config.vocab_size
+        self.context_length = manifest.context_length
+        self.description = f"MLX ({self.device})"
+
+    def new_cache(self):
+        from edgegen.runtimes.mlx.cache import MLXKVCache
+
+        return MLXKVCache(self.config.num_hidden_layers, self.context_length)
+
+    def forward(self, tokens: Sequence[int], cache, *, last_only: bool = False) -> np.ndarray:
+        mx = import_mlx()
+        logits = self.model(mx.array([list(tokens)], dtype=mx.int32), cache, last_only=last_only)
+        return np.array(logits[0].astype(mx.float32))  # (L, vocab)
+
+    def peak_memory_mb(self) -> float:
+        mx = import_mlx()
+        return mx.get_peak_memory() / 2**20 if self.device == "gpu" else 0.0

@@ -1,0 +1,1 @@
+"""MLX modules, one file per Hugging Face `model_type`."""

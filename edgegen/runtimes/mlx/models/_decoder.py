@@ -1,0 +1,106 @@
+"""The decoder-only transformer in MLX, parameterised by `DecoderConfig` feature flags.
+
+Module names mirror Hugging Face's, so checkpoint tensors load by name with no mapping.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from edgegen.archs._decoder import DecoderConfig
+from edgegen.runtimes.mlx.cache import MLXKVCache
+
+
+class Attention(nn.Module):
+    def __init__(self, c: DecoderConfig, index: int):
+        super().__init__()
+        h, d = c.hidden_size, c.head_dim
+        self.index, self.n_heads, self.n_kv, self.head_dim = index, c.num_attention_heads, c.num_key_value_heads, d
+        self.scale = d ** -0.5
+        self.q_proj = nn.Linear(h, self.n_heads * d, bias=c.attention_bias)
+        self.k_proj = nn.Linear(h, self.n_kv * d, bias=c.attention_bias)
+        self.v_proj = nn.Linear(h, self.n_kv * d, bias=c.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * d, h, bias=c.o_proj_bias)
+        if c.qk_norm:
+            self.q_norm = nn.RMSNorm(d, eps=c.rms_norm_eps)
+            self.k_norm = nn.RMSNorm(d, eps=c.rms_norm_eps)
+        self._periods = mx.array(1.0 / c.inv_freq(), dtype=mx.float32)  # not a parameter ("_")
+
+    def __call__(self, x: mx.array, cache: MLXKVCache) -> mx.array:
+        B, L, _ = x.shape  # (B, L, hidden)
+        q = self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(B, L, self.n_kv, self.head_dim)
+        v = self.v_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        if "q_norm" in self:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, H, L, Dh)
+        q = self._rope(q, cache.length)
+        k = self._rope(k, cache.length)
+        k, v = cache.update(self.index, k, v)  # (B, Hkv, length + L, Dh)
+        mask = "causal" if L > 1 else None
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _rope(self, x: mx.array, offset: int) -> mx.array:
+        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset,
+                            freqs=self._periods)
+
+
+class MLP(nn.Module):
+    def __init__(self, c: DecoderConfig):
+        super().__init__()
+        h, f = c.hidden_size, c.intermediate_size
+        self.gate_proj = nn.Linear(h, f, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(h, f, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(f, h, bias=c.mlp_bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: DecoderConfig, index: int):
+        super().__init__()
+        self.self_attn = Attention(c, index)
+        self.mlp = MLP(c)
+        self.input_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+
+    def __call__(self, x: mx.array, cache: MLXKVCache) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderBody(nn.Module):
+    def __init__(self, c: DecoderConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = [DecoderLayer(c, i) for i in range(c.num_hidden_layers)]
+        self.norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+
+    def __call__(self, tokens: mx.array, cache: MLXKVCache) -> mx.array:
+        x = self.embed_tokens(tokens)  # (B, L, hidden)
+        for layer in self.layers:
+            x = layer(x, cache)
+        return self.norm(x)
+
+
+class DecoderModel(nn.Module):
+    """`model.*` body plus the LM head (`lm_head`, or the embedding when tied)."""
+
+    def __init__(self, c: DecoderConfig):
+        super().__init__()
+        self.config = c
+        self.model = DecoderBody(c)
+        if not c.tie_word_embeddings:
+            self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+
+    def __call__(self, tokens: mx.array, cache: MLXKVCache, last_only: bool = False) -> mx.array:
+        h = self.model(tokens, cache)
+        cache.advance(tokens.shape[1])
+        if last_only:
+            h = h[:, -1:]
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)  # (B, L, vocab)

@@ -1,0 +1,1 @@
+"""ONNX Runtime (CPU, CoreML, QNN, DirectML, CUDA execution providers)."""

@@ -1,0 +1,54 @@
+"""Load a converted ONNX model and serve it as a `LanguageModel` through ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgegen.core import registry
+from edgegen.core.manifest import Manifest
+from edgegen.core.protocols import Capability
+from edgegen.runtimes.onnx.cache import OnnxKVCache
+from edgegen.runtimes.onnx.session import choose_provider, create_session, import_ort
+
+
+class OnnxLanguageModel:
+    capabilities = Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN
+
+    def __init__(self, folder: Path, manifest: Manifest, provider: str | None = None,
+                 threads: int | None = None):
+        self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.provider = choose_provider(provider)
+        self.session = create_session(folder / manifest.files.get("model", "model.onnx"), self.provider, threads)
+        self.vocab_size = self.config.vocab_size
+        self.context_length = manifest.context_length
+        self.description = f"ONNX Runtime ({self.provider})"
+
+    def new_cache(self) -> OnnxKVCache:
+        c = self.config
+        return OnnxKVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, self.context_length)
+
+    def forward(self, tokens: Sequence[int], cache: OnnxKVCache, *, last_only: bool = False) -> np.ndarray:
+        ort = import_ort()
+        n = len(tokens)
+        cache.reserve(n)
+        total = cache.length + n
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
+        binding.bind_cpu_input("seqlens_k", np.asarray([total - 1], dtype=np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
+        binding.bind_cpu_input("logits_to_keep", np.asarray([1 if last_only else n], dtype=np.int64))
+        for i, (k, v) in enumerate(cache.buffers):
+            for kind, buf in (("key", k), ("value", v)):
+                value = ort.OrtValue.ortvalue_from_numpy(buf)  # shares memory with the numpy buffer
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", value)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
+        binding.bind_output("logits")
+        self.session.run_with_iobinding(binding)
+        cache.advance(n)
+        return binding.copy_outputs_to_cpu()[-1][0]  # (kept, vocab); logits is the last output
+
+    def peak_memory_mb(self) -> float:
+        return 0.0

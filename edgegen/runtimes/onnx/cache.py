@@ -1,0 +1,52 @@
+"""The ONNX KV cache: per layer one BNSH numpy buffer that GroupQueryAttention reads as `past`
+and writes as `present` in place (shared buffer), grown in chunks, truncated exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 256  # tokens added per growth
+
+
+class OnnxKVCache:
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, max_length: int):
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self._max = max_length
+        self._length = 0
+        self.buffers: list[tuple[np.ndarray, np.ndarray]] = []
+        self._allocate(0)
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def capacity(self) -> int:
+        return self._max
+
+    @property
+    def allocated(self) -> int:
+        return self.buffers[0][0].shape[2]
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
+        self._length = length  # the attention reads only `length` entries; later writes overwrite
+
+    def reserve(self, extra: int) -> None:
+        """Make room for `extra` more tokens before a forward pass writes them."""
+        needed = self._length + extra
+        if needed > self.allocated:
+            self._allocate(min(self._max, -(-needed // CHUNK) * CHUNK))
+
+    def advance(self, n: int) -> None:
+        self._length += n
+
+    def _allocate(self, size: int) -> None:
+        size = max(size, 1)  # a zero-length buffer has no address to share
+        shape = (1, self.kv_heads, size, self.head_dim)  # (B, Hkv, capacity, Dh)
+        new = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(self.num_layers)]
+        for (old_k, old_v), (k, v) in zip(self.buffers, new):
+            k[:, :, : self._length] = old_k[:, :, : self._length]
+            v[:, :, : self._length] = old_v[:, :, : self._length]
+        self.buffers = new

@@ -1,0 +1,68 @@
+"""Execution-provider selection and session creation.
+
+Our graphs use ONNX Runtime's fused contrib ops (GroupQueryAttention, MatMulNBits, ...), which the
+CPU and CUDA providers implement; on CoreML, QNN or DirectML the nodes those providers cannot take
+run on the CPU provider in the same session. A provider that is not in this onnxruntime build
+falls back to the CPU with one clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgegen.core.errors import BackendUnavailable, ConfigError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+}
+AUTO_ORDER = ("cuda", "dml", "coreml", "qnn")  # tried by "auto" before the CPU
+PROVIDER_OPTIONS = {
+    "coreml": {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"},
+    "qnn": {"backend_path": "QnnHtp.dll" if sys.platform == "win32" else "libQnnHtp.so"},
+}
+
+
+def import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed; `pip install onnxruntime`") from None
+    return ort
+
+
+def choose_provider(requested: str | None) -> str:
+    """Our short provider name to use: the requested one when this build has it, else 'cpu'."""
+    ort = import_ort()
+    requested = (requested or "cpu").lower()
+    if requested not in PROVIDERS and requested != "auto":
+        raise ConfigError(f"unknown provider {requested!r}; choose one of auto, {', '.join(PROVIDERS)}")
+    available = set(ort.get_available_providers())
+    if requested == "auto":
+        return next((p for p in AUTO_ORDER if PROVIDERS[p] in available), "cpu")
+    if PROVIDERS[requested] not in available:
+        print(f"edgegen: the {requested} execution provider is not in this onnxruntime build "
+              f"(available: {', '.join(sorted(available))}); running on the CPU", file=sys.stderr)
+        return "cpu"
+    return requested
+
+
+def create_session(model_path: Path, provider: str, threads: int | None = None):
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or int(os.environ.get("EDGEGEN_THREADS", "0"))
+    options.log_severity_level = 3
+    providers: list = ["CPUExecutionProvider"]
+    if provider != "cpu":
+        providers.insert(0, (PROVIDERS[provider], PROVIDER_OPTIONS.get(provider, {})))
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise BackendUnavailable(f"ONNX Runtime could not load {model_path} ({exc}); "
+                                 "convert the model again with this edgegen version") from None

@@ -1,0 +1,212 @@
+"""Tokenizers and chat templates read from a Hugging Face folder, without transformers.
+
+`tokenizer.json` goes through the `tokenizers` library; a folder with only a SentencePiece
+`tokenizer.model` goes through `sentencepiece`. Chat templates are rendered with jinja2 in a
+sandbox, the way `transformers.apply_chat_template` renders them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from edgegen.core.errors import ConfigError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "chat_template.json", "generation_config.json")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+
+
+def _token_text(value: Any) -> str | None:
+    """`bos_token` etc. may be a string or a serialized AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = config.get("chat_template") or _read_json(folder / "chat_template.json").get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template
+
+
+class Tokenizer:
+    """Encode, decode and render chat prompts for one model folder."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        self.config = _read_json(folder / "tokenizer_config.json")
+        self.config.update({k: v for k, v in _read_json(folder / "special_tokens_map.json").items()
+                            if k not in self.config})
+        self._backend = _open_backend(folder, self.config)
+        self.chat_template = _chat_template(folder, self.config)
+        self.special_tokens = {k: _token_text(v) for k, v in self.config.items()
+                               if k.endswith("_token") and _token_text(v) is not None}
+        self.bos_token_id = self._id_of(self.special_tokens.get("bos_token"))
+        self.eos_token_ids = self._eos_ids(_read_json(folder / "generation_config.json"))
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self._backend.token_to_id(token)
+
+    def _eos_ids(self, generation: dict[str, Any]) -> tuple[int, ...]:
+        ids = generation.get("eos_token_id")
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        own = self._id_of(self.special_tokens.get("eos_token"))
+        if own is not None and own not in ids:
+            ids.append(own)
+        return tuple(int(i) for i in ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.vocab_size()
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self._backend.encode(text, add_special_tokens)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens)
+
+    def apply_chat_template(self, messages: Iterable[dict[str, Any]], *, add_generation_prompt: bool = True,
+                            **kwargs: Any) -> str:
+        """The prompt string for `messages`, equal to transformers' `apply_chat_template(tokenize=False)`."""
+        if not self.chat_template:
+            raise ConfigError("this model has no chat template (tokenizer_config.json has no chat_template); "
+                              "use `edgegen generate` with a plain prompt instead")
+        template = _compile_template(self.chat_template)
+        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                               **self.special_tokens, **kwargs)
+
+    def encode_chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> list[int]:
+        # A rendered template already carries its special tokens (transformers does the same).
+        return self.encode(self.apply_chat_template(messages, **kwargs), add_special_tokens=False)
+
+
+def _compile_template(source: str):
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ConfigError(f"the chat template refused the conversation: {message}")
+
+    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+class _HFTokenizers:
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer as _Tok
+
+        try:
+            self.tok = _Tok.from_file(str(path))
+        except Exception as exc:  # the library raises a bare Exception on malformed files
+            raise ConfigError(f"{path} could not be read as a tokenizer ({exc})") from None
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tok.token_to_id(token)
+
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, special: bool) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=special).ids
+
+    def decode(self, ids: list[int], skip: bool) -> str:
+        return self.tok.decode(ids, skip_special_tokens=skip)
+
+
+class _SentencePiece:
+    def __init__(self, path: Path, config: dict[str, Any]):
+        import sentencepiece as spm
+
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(str(path))
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"{path} could not be read as a SentencePiece model ({exc})") from None
+        self.add_bos = bool(config.get("add_bos_token", True))
+        self.add_eos = bool(config.get("add_eos_token", False))
+
+    def token_to_id(self, token: str) -> int | None:
+        i = self.sp.PieceToId(token)
+        return None if i == self.sp.unk_id() and token != self.sp.IdToPiece(i) else i
+
+    def vocab_size(self) -> int:
+        return self.sp.GetPieceSize()
+
+    def encode(self, text: str, special: bool) -> list[int]:
+        ids = self.sp.EncodeAsIds(text)
+        if special and self.add_bos and self.sp.bos_id() >= 0:
+            ids = [self.sp.bos_id()] + ids
+        if special and self.add_eos and self.sp.eos_id() >= 0:
+            ids = ids + [self.sp.eos_id()]
+        return ids
+
+    def decode(self, ids: list[int], skip: bool) -> str:
+        if skip:
+            ids = [i for i in ids if not (self.sp.IsControl(i) or self.sp.IsUnknown(i))]
+        return self.sp.DecodeIds(ids)
+
+
+def _open_backend(folder: Path, config: dict[str, Any]):
+    if (folder / "tokenizer.json").is_file():
+        return _HFTokenizers(folder / "tokenizer.json")
+    if (folder / "tokenizer.model").is_file():
+        return _SentencePiece(folder / "tokenizer.model", config)
+    raise ConfigError(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); "
+                      "copy the tokenizer files of the checkpoint next to config.json")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "tokenizer.model").is_file()
+
+
+class StreamDecoder:
+    """Turns a growing list of token ids into text pieces without splitting characters.
+
+    Decodes a short window ending at the newest token and emits only text that is final: a piece
+    ending in U+FFFD (half of a multi-byte character) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # window start
+        self._read = 0  # ids already emitted
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prev = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix:])
+        if len(text) > len(prev) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return text[len(prev):]
+        return ""
+
+    def flush(self) -> str:
+        prev = self.tokenizer.decode(self.ids[self._prefix:self._read])
+        text = self.tokenizer.decode(self.ids[self._prefix:])
+        self._prefix = self._read = len(self.ids)
+        return text[len(prev):]
