@@ -16,12 +16,12 @@ ARCH_CONFIGS = {
     "llama": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
                   tie_word_embeddings=False),
-    "mistral": dict(tie_word_embeddings=False, head_dim=32, sliding_window=128),
+    "mistral": dict(tie_word_embeddings=False, head_dim=32, sliding_window=400),
     "qwen2": dict(tie_word_embeddings=True, rope_theta=1e6),
     "qwen3": dict(tie_word_embeddings=True, head_dim=32),
 }
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6)
 
 
 def corpus() -> list[str]:

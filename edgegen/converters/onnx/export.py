@@ -35,13 +35,14 @@ def _quantize(proto: onnx.ModelProto, quant: Quantization) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
 
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=quant.group_size, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, bits=quant.bits,
-        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    # GatherBlockQuantized (the quantized embedding) exists for 4 bits only; q8 keeps an fp32 table.
+    ops = ("MatMul", "Gather") if quant.bits == 4 else ("MatMul",)
+    axes = (("MatMul", 0), ("Gather", 1))
+    config = DefaultWeightOnlyQuantConfig(block_size=quant.group_size, is_symmetric=True, bits=quant.bits,
+                                          accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=ops, quant_axes=axes)
     quantizer = MatMulNBitsQuantizer(proto, bits=quant.bits, block_size=quant.group_size, is_symmetric=True,
                                      accuracy_level=ACCURACY_LEVEL, algo_config=config,
-                                     op_types_to_quantize=("MatMul", "Gather"),
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                     op_types_to_quantize=ops, quant_axes=axes)
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.WARNING)  # the quantizer logs every node at INFO
     try:

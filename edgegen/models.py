@@ -1,0 +1,75 @@
+"""Find models by name: converted folders, Hugging Face sources, and the models bundled with
+edgegen (converted once into the user's cache, then reused)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgegen.core.errors import ConfigError
+from edgegen.core.manifest import MANIFEST_NAME
+
+DEFAULT_MODEL = "tiny-chat"
+BUNDLED = Path(__file__).parent / "_bundled"
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.name for p in BUNDLED.iterdir() if (p / "config.json").is_file()) if BUNDLED.is_dir() else []
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGEGEN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgegen")
+    return Path(root)
+
+
+def default_runtime() -> str:
+    """MLX on Apple silicon, ONNX Runtime elsewhere."""
+    return "mlx" if sys.platform == "darwin" and platform.machine() == "arm64" else "onnx"
+
+
+def source_path(src: str) -> str:
+    """A bundled model's folder for its name; anything else unchanged."""
+    if not Path(src).expanduser().exists() and src in bundled_models():
+        return str(BUNDLED / src)
+    return src
+
+
+def convert_source(src: str, out: Path, **options: Any) -> Path:
+    from edgegen.converters.convert import convert
+
+    return convert(source_path(src), out, **options)
+
+
+def is_converted(path: str | Path) -> bool:
+    return (Path(path).expanduser() / MANIFEST_NAME).is_file()
+
+
+def locate(model: str | None, runtime: str | None = None) -> Path:
+    """The converted folder for `model`, converting it into the cache on first use."""
+    model = model or DEFAULT_MODEL
+    if is_converted(model):
+        return Path(model).expanduser()
+    runtime = runtime or default_runtime()
+    src = source_path(model)
+    if src == model and model == DEFAULT_MODEL and not Path(model).exists():
+        raise ConfigError(f"the bundled model {DEFAULT_MODEL!r} is not in this installation; "
+                          "pass a converted model folder or a Hugging Face repo id")
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in model.strip("/"))[-60:]
+    digest = hashlib.sha256(str(Path(src).expanduser().resolve() if Path(src).exists() else src).encode()).hexdigest()
+    out = cache_dir() / "converted" / f"{slug}-{digest[:8]}-{runtime}"
+    if not is_converted(out):
+        convert_source(model, out, runtime=runtime, force=True)
+        print(f"edgegen: converted {model} for {runtime} into {out} (kept for next time)", file=sys.stderr)
+    return out
+
+
+def open_model(model: str | None, runtime: str | None = None, provider: str | None = None,
+               device: str | None = None):
+    from edgegen.api import load
+
+    return load(locate(model, runtime), provider, device=device)

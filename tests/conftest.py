@@ -1,0 +1,82 @@
+"""Shared fixtures. No test may touch the network: a socket guard fails any connection attempt,
+and the Hugging Face hub runs offline against a temporary cache."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class NetworkAccessError(RuntimeError):
+    pass
+
+
+def _refuse(*args, **kwargs):
+    raise NetworkAccessError(f"a test tried to open a network connection: {args[1:] or kwargs}")
+
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _refuse(self, address)
+    return _real_connect(self, address)
+
+
+def pytest_configure(config):
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect
+    socket.create_connection = _refuse
+    os.environ["HF_HUB_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "hf-hub-empty")
+    os.environ["EDGEGEN_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "edgegen-cache")
+
+
+ARCHS = ("llama", "mistral", "qwen2", "qwen3")
+RUNTIMES = ("onnx", "mlx")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """arch -> (folder, transformers model), built once per session."""
+    from checkpoints import build_checkpoint
+
+    cache: dict[str, tuple[Path, object]] = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            folder = tmp_path_factory.mktemp(f"hf-{arch}")
+            cache[arch] = (folder, build_checkpoint(arch, folder))
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def converted(checkpoints, tmp_path_factory):
+    """(arch, runtime, quant) -> converted folder, through the real CLI, built once per session."""
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    cache: dict[tuple, Path] = {}
+
+    def get(arch: str, runtime: str, quant: str = "none", *extra: str) -> Path:
+        key = (arch, runtime, quant, extra)
+        if key not in cache:
+            src, _ = checkpoints(arch)
+            out = tmp_path_factory.mktemp("conv") / f"{arch}-{runtime}-{quant}"
+            result = CliRunner().invoke(main, ["convert", str(src), "-o", str(out), "--runtime", runtime,
+                                               "--quant", quant, *extra])
+            assert result.exit_code == 0, result.output
+            cache[key] = out
+        return cache[key]
+
+    return get

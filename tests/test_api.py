@@ -1,0 +1,91 @@
+"""The Python API and the CLI front ends on a converted tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import edgegen
+from edgegen.cli import main
+from edgegen.decoding.autoregressive import GenerationStats
+
+
+@pytest.fixture(scope="module")
+def model(converted):
+    return edgegen.load(converted("qwen2", "onnx"))
+
+
+def test_stream_pieces_equal_generate_text(model):
+    stats = GenerationStats()
+    pieces = list(model.stream("The number 3", max_tokens=12, ignore_eos=True, stats=stats))
+    result = model.generate("The number 3", max_tokens=12, ignore_eos=True)
+    assert "".join(pieces) == result.text and stats.generated_tokens == 12
+    assert result.stats.peak_memory_mb > 0 and result.stats.decode_tokens_per_s > 0
+
+
+def test_stop_string_cuts_the_text(model):
+    full = model.generate("The number 3", max_tokens=16, ignore_eos=True).text
+    assert len(full) > 4
+    stop = full[2:4]
+    cut = model.generate("The number 3", max_tokens=16, ignore_eos=True, stop=[stop])
+    assert cut.text == full[: full.index(stop)] and cut.stats.finish_reason == "stop"
+
+
+def test_seeded_sampling_is_reproducible_through_the_api(model):
+    a = model.generate("The", max_tokens=10, temperature=1.0, seed=5, ignore_eos=True)
+    b = model.generate("The", max_tokens=10, temperature=1.0, seed=5, ignore_eos=True)
+    assert a.token_ids == b.token_ids
+
+
+def test_chat_renders_the_template_and_replies(model):
+    messages = [{"role": "user", "content": "hello"}]
+    reply = model.chat(messages, max_tokens=5, ignore_eos=True)
+    assert len(reply.token_ids) == 5
+    assert model.session.tokens[: len(model.tokenizer.encode_chat(messages))] == model.tokenizer.encode_chat(messages)
+
+
+def test_generate_json(converted):
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["token_ids"]) <= 4 and "decode_tokens_per_s" in payload["timing"]
+
+
+def test_generate_streams_and_reports_speed(converted):
+    result = CliRunner().invoke(main, ["generate", str(converted("llama", "mlx")), "-p", "hi", "-m", "4"])
+    assert result.exit_code == 0, result.output
+    assert "tokens-per-sec" in result.stderr and "Peak memory" in result.stderr
+
+
+def test_chat_session_keeps_cache_and_resets(converted):
+    result = CliRunner().invoke(main, ["chat", str(converted("qwen2", "onnx")), "-m", "3"],
+                                input="hello\nand again\n/reset\nfresh\n/quit\n")
+    assert result.exit_code == 0, result.output
+    prompts = [line for line in result.stderr.splitlines() if line.startswith("Prompt:")]
+    assert len(prompts) == 3
+    counts = [int(line.split()[1]) for line in prompts]
+    assert counts[1] < counts[0] + 8  # the second turn ran only the new tokens
+    assert "conversation cleared" in result.stderr
+
+
+def test_info_describes_the_manifest(converted):
+    result = CliRunner().invoke(main, ["info", str(converted("qwen3", "mlx", "q4"))])
+    assert result.exit_code == 0
+    assert "qwen3" in result.stdout and "q4 (group size 64)" in result.stdout
+
+
+def test_provider_falls_back_to_cpu_with_a_message(converted, capsys):
+    model = edgegen.load(converted("qwen2", "onnx"), provider="coreml")
+    assert model.backend.provider == "cpu"
+    assert "coreml execution provider is not in this onnxruntime build" in capsys.readouterr().err
+
+
+def test_mlx_metal_falls_back_to_cpu_with_a_message(converted, capsys):
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        pytest.skip("Metal is available here")
+    model = edgegen.load(converted("qwen2", "mlx"), device="gpu")
+    assert model.backend.device == "cpu" and "Metal is not available" in capsys.readouterr().err

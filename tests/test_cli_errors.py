@@ -1,0 +1,118 @@
+"""Bad input: one clear line on stderr, exit code 2, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgegen.core.errors import EdgegenError
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgegen", *args], capture_output=True, text=True, input=stdin,
+                          timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("edgegen: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture()
+def ckpt_copy(checkpoints, tmp_path):
+    src, _ = checkpoints("llama")
+    dst = tmp_path / "ckpt"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def assert_nothing_written(parent, name="out"):
+    assert sorted(p.name for p in parent.iterdir() if p.name.startswith((name, f".{name}"))) == []
+
+
+def test_missing_path(tmp_path):
+    assert_one_line_error(run("convert", str(tmp_path / "nope" / "model"), "-o", str(tmp_path / "out")),
+                          "neither a folder")
+    assert_nothing_written(tmp_path)
+
+
+def test_unsupported_architecture(ckpt_copy, tmp_path):
+    config = json.loads((ckpt_copy / "config.json").read_text())
+    (ckpt_copy / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    assert_one_line_error(run("convert", str(ckpt_copy), "-o", str(tmp_path / "out")), "gpt2", "llama, mistral")
+    assert_nothing_written(tmp_path)
+
+
+def test_corrupt_safetensors(ckpt_copy, tmp_path):
+    weights = ckpt_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 5000])
+    assert_one_line_error(run("convert", str(ckpt_copy), "-o", str(tmp_path / "out")), "model.safetensors")
+    assert_nothing_written(tmp_path)
+
+
+def test_pickled_weights_are_refused(ckpt_copy, tmp_path):
+    (ckpt_copy / "model.safetensors").rename(ckpt_copy / "pytorch_model.bin")
+    assert_one_line_error(run("convert", str(ckpt_copy), "-o", str(tmp_path / "out")), "never loaded")
+    assert_nothing_written(tmp_path)
+
+
+def test_missing_tokenizer(ckpt_copy, tmp_path):
+    (ckpt_copy / "tokenizer.json").unlink()
+    assert_one_line_error(run("convert", str(ckpt_copy), "-o", str(tmp_path / "out")), "tokenizer")
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--quant", "none", "--group-size", "64"], ["--group-size"]),
+    (["--runtime", "onnx", "--dtype", "fp16"], ["fp32"]),
+])
+def test_conflicting_flags(checkpoints, tmp_path, flags, words):
+    src, _ = checkpoints("llama")
+    assert_one_line_error(run("convert", str(src), "-o", str(tmp_path / "out"), *flags), *words)
+    assert_nothing_written(tmp_path)
+
+
+def test_existing_output_needs_force(converted, checkpoints):
+    out = converted("llama", "onnx")
+    before = sorted(p.name for p in out.iterdir())
+    assert_one_line_error(run("convert", str(checkpoints("llama")[0]), "-o", str(out)), "--force")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_uncached_repo_offline(tmp_path):
+    assert_one_line_error(run("convert", "edgegen-tests/not-a-model", "-o", str(tmp_path / "out")), "offline")
+    assert_nothing_written(tmp_path)
+
+
+def test_prompt_longer_than_context(converted):
+    long_prompt = " ".join(["The number 12 follows 11."] * 200)
+    result = run("generate", str(converted("llama", "onnx")), "--raw", "-p", "-", stdin=long_prompt)
+    assert_one_line_error(result, "context")
+
+
+def test_not_a_converted_model(tmp_path):
+    assert_one_line_error(run("info", str(tmp_path)), "edgegen convert")
+
+
+def test_interrupted_convert_leaves_nothing(checkpoints, tmp_path, monkeypatch):
+    from edgegen.converters import convert as convert_module
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_module, "_manifest", explode)
+    with pytest.raises(KeyboardInterrupt):
+        convert_module.convert(str(checkpoints("llama")[0]), tmp_path / "out")
+    assert_nothing_written(tmp_path)
+
+
+def test_every_user_error_exits_with_code_2():
+    assert EdgegenError.exit_code == 2

@@ -1,0 +1,72 @@
+"""Our tokenizer and chat-template rendering against transformers on the same files."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from edgegen.tokenizer import StreamDecoder, Tokenizer
+
+TEXTS = ["Hello, world!", "  leading spaces and\ttabs\n\nnew lines", "Ünïcödé — ☃ 日本語 🙂",
+         "<|im_start|>user\nhi<|im_end|>", ""]
+
+# A template in the style of real checkpoints: system prompt handling, loop controls, exceptions.
+RICH_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system = 'You are helpful.' %}"
+    "{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token + '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}"
+    "{%- for message in loop_messages %}"
+    "{%- if message['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role') }}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] | trim + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " What is 2+2? "},
+            {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]
+
+
+@pytest.fixture(scope="module")
+def folder(checkpoints):
+    return checkpoints("qwen2")[0]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_encode_decode_match_transformers(folder, text):
+    ours, theirs = Tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    ids = ours.encode(text)
+    assert ids == theirs.encode(text)
+    assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True) == text.replace(
+        "<|im_start|>", "").replace("<|im_end|>", "")
+
+
+def test_chat_template_equals_apply_chat_template(folder):
+    ours, theirs = Tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    for gen in (True, False):
+        assert ours.apply_chat_template(MESSAGES, add_generation_prompt=gen) == theirs.apply_chat_template(
+            MESSAGES, add_generation_prompt=gen, tokenize=False)
+
+
+def test_rich_chat_template_equals_apply_chat_template(folder, tmp_path):
+    theirs = AutoTokenizer.from_pretrained(folder)
+    theirs.chat_template = RICH_TEMPLATE
+    theirs.save_pretrained(tmp_path)
+    ours, theirs = Tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    for messages in (MESSAGES, MESSAGES[1:]):
+        expected = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert ours.apply_chat_template(messages) == expected
+        assert ours.encode_chat(messages) == theirs.apply_chat_template(messages, add_generation_prompt=True,
+                                                                        tokenize=True, return_dict=False)
+
+
+def test_stream_decoder_pieces_join_to_the_full_text(folder):
+    tok = Tokenizer(folder)
+    text = "Ünïcödé — ☃ 日本語 🙂 and plain words"
+    decoder = StreamDecoder(tok)
+    pieces = [decoder.push(i) for i in tok.encode(text)] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_special_token_ids_come_from_the_files(folder):
+    tok = Tokenizer(folder)
+    assert tok.eos_token_ids == (tok.encode("<|im_end|>", add_special_tokens=False)[0],)
