@@ -46,9 +46,9 @@ class GraphBuilder:
         value.name = f"{name}/{op_type}/output_0"
         return value
 
-    def ops(self, op_type: str, name: str, inputs: Sequence[ir.Value | None], num_outputs: int,
+    def ops(self, op_type: str, name: str, inputs: Sequence[ir.Value | None], n_out: int,
             domain: str = "", **attributes: Any) -> Sequence[ir.Value]:
-        values = self.tape.op_multi_out(op_type, list(inputs), attributes or None, num_outputs=num_outputs,
+        values = self.tape.op_multi_out(op_type, list(inputs), attributes or None, num_outputs=n_out,
                                         domain=domain, name=f"{name}/{op_type}")
         for i, value in enumerate(values):
             value.name = f"{name}/{op_type}/output_{i}"

@@ -80,17 +80,31 @@ def _linear(g: GraphBuilder, w: Weights, name: str, x: ir.Value, hf: str) -> ir.
     return y
 
 
+def _packed_linear(g: GraphBuilder, w: Weights, name: str, x: ir.Value, parts: list[str]) -> ir.Value:
+    """x @ [W_a; W_b; ...].T (+ [b_a, b_b, ...]): several projections of the same input in one MatMul."""
+    packed = np.concatenate([w[p + ".weight"].T for p in parts], axis=1)  # (in, sum of outs)
+    y = g.op("MatMul", name, [x, g.weight(name[1:].replace("/", ".") + ".weight.T", packed)])
+    if any(p + ".bias" in w for p in parts):
+        bias = np.concatenate([w.get(p + ".bias", np.zeros(w[p + ".weight"].shape[0], np.float32)) for p in parts])
+        y = g.op("Add", name + "/bias", [y, g.weight(name[1:].replace("/", ".") + ".bias", bias)])
+    return y
+
+
 def _attention(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value, past: list[ir.Value],
                seqlens_k: ir.Value, total_len: ir.Value, cos: ir.Value, sin: ir.Value):
+    """q, k and v come from one packed MatMul (one weight read, one kernel per token)."""
     name, hf = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn."
-    q = _linear(g, w, f"{name}/q_proj", h, hf + "q_proj")  # (B, S, Hq*Dh)
-    k = _linear(g, w, f"{name}/k_proj", h, hf + "k_proj")  # (B, S, Hkv*Dh)
-    v = _linear(g, w, f"{name}/v_proj", h, hf + "v_proj")
-    if c.qk_norm:
+    qkv = _packed_linear(g, w, f"{name}/qkv_proj", h, [hf + "q_proj", hf + "k_proj", hf + "v_proj"])
+    q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    if c.qk_norm:  # (B, S, (Hq + 2 Hkv) Dh) → q (B, S, Hq Dh), k, v (B, S, Hkv Dh)
+        q, k, v = g.ops("Split", f"{name}/qkv_split", [qkv, g.const([q_dim, kv_dim, kv_dim])], 3, axis=-1)
         q = _head_norm(g, c, f"{name}/q_norm", q, c.num_attention_heads, w[hf + "q_norm.weight"], hf + "q_norm.weight")
         k = _head_norm(g, c, f"{name}/k_norm", k, c.num_key_value_heads, w[hf + "k_norm.weight"], hf + "k_norm.weight")
+        qkv_inputs = [q, k, v]
+    else:  # GroupQueryAttention takes the packed projection as its query input
+        qkv_inputs = [qkv, None, None]
     out, present_k, present_v = g.ops(
-        "GroupQueryAttention", name, [q, k, v, past[0], past[1], seqlens_k, total_len, cos, sin], 3, domain=MS,
+        "GroupQueryAttention", name, [*qkv_inputs, past[0], past[1], seqlens_k, total_len, cos, sin], 3, domain=MS,
         num_heads=c.num_attention_heads, kv_num_heads=c.num_key_value_heads, do_rotary=1,
         rotary_interleaved=0, scale=float(c.head_dim ** -0.5))
     return _linear(g, w, f"{name}/o_proj", out, hf + "o_proj"), present_k, present_v
@@ -106,8 +120,8 @@ def _head_norm(g: GraphBuilder, c: DecoderConfig, name: str, x: ir.Value, heads:
 
 def _mlp(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value) -> ir.Value:
     name, hf = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp."
-    gate = _linear(g, w, f"{name}/gate_proj", h, hf + "gate_proj")
-    up = _linear(g, w, f"{name}/up_proj", h, hf + "up_proj")
+    gate_up = _packed_linear(g, w, f"{name}/gate_up_proj", h, [hf + "gate_proj", hf + "up_proj"])
+    gate, up = g.ops("Split", f"{name}/gate_up_split", [gate_up], 2, axis=-1, num_outputs=2)
     silu = g.op("Mul", f"{name}/act_fn", [gate, g.op("Sigmoid", f"{name}/act_fn", [gate])])
     return _linear(g, w, f"{name}/down_proj", g.op("Mul", f"{name}/gate_up", [silu, up]), hf + "down_proj")
 

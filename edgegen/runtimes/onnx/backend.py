@@ -48,7 +48,8 @@ class OnnxLanguageModel:
         binding.bind_output("logits")
         self.session.run_with_iobinding(binding)
         cache.advance(n)
-        return binding.copy_outputs_to_cpu()[-1][0]  # (kept, vocab); logits is the last output
+        # Only the logits are copied out (the presents live in the cache's own buffers).
+        return binding.get_outputs()[-1].numpy()[0]  # (kept, vocab); logits is bound last
 
     def peak_memory_mb(self) -> float:
         return 0.0
