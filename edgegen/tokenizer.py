@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -138,16 +139,18 @@ class _HFTokenizers:
 
 
 class _SentencePiece:
-    def __init__(self, path: Path, config: dict[str, Any]):
-        import sentencepiece as spm
+    """A bare `tokenizer.model`, encoded the way transformers' LlamaTokenizer treats it: special and
+    user-defined tokens are split out first, the text between them is not normalized, and only
+    the text at the very start gets SentencePiece's dummy-prefix space."""
 
-        self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.Load(str(path))
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError(f"{path} could not be read as a SentencePiece model ({exc})") from None
+    def __init__(self, path: Path, config: dict[str, Any]):
+        (self.sp, proto), (self.sp_inner, _) = _sentencepiece(path, True), _sentencepiece(path, False)
         self.add_bos = bool(config.get("add_bos_token", True))
         self.add_eos = bool(config.get("add_eos_token", False))
+        kinds = (proto.SentencePiece.CONTROL, proto.SentencePiece.USER_DEFINED)
+        specials = [p.piece for p in proto.pieces if p.type in kinds and p.piece]
+        pattern = "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))
+        self._split = re.compile(f"({pattern})") if pattern else None
 
     def token_to_id(self, token: str) -> int | None:
         i = self.sp.PieceToId(token)
@@ -157,7 +160,14 @@ class _SentencePiece:
         return self.sp.GetPieceSize()
 
     def encode(self, text: str, special: bool) -> list[int]:
-        ids = self.sp.EncodeAsIds(text)
+        ids: list[int] = []
+        parts = self._split.split(text) if self._split else [text]
+        for index, part in enumerate(parts):
+            if index % 2:  # a special token
+                ids.append(self.sp.PieceToId(part))
+            elif part:
+                prefix = index == 0 and not part.startswith(" ")  # as Metaspace(prepend_scheme="first")
+                ids.extend((self.sp if prefix else self.sp_inner).EncodeAsIds(part))
         if special and self.add_bos and self.sp.bos_id() >= 0:
             ids = [self.sp.bos_id()] + ids
         if special and self.add_eos and self.sp.eos_id() >= 0:
@@ -168,6 +178,23 @@ class _SentencePiece:
         if skip:
             ids = [i for i in ids if not (self.sp.IsControl(i) or self.sp.IsUnknown(i))]
         return self.sp.DecodeIds(ids)
+
+
+def _sentencepiece(path: Path, dummy_prefix: bool):
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    proto = model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+        spec = proto.normalizer_spec
+        spec.name, spec.precompiled_charsmap = "identity", b""
+        spec.remove_extra_whitespaces, spec.add_dummy_prefix = False, dummy_prefix
+        sp = spm.SentencePieceProcessor()
+        sp.LoadFromSerializedProto(proto.SerializeToString())
+    except Exception as exc:  # protobuf DecodeError or sentencepiece's RuntimeError
+        raise ConfigError(f"{path} could not be read as a SentencePiece model ({exc})") from None
+    return sp, proto
 
 
 def _open_backend(folder: Path, config: dict[str, Any]):

@@ -68,3 +68,23 @@ def build_checkpoint(arch: str, folder: Path, seed: int = 0):
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     return model
+
+
+def train_sentencepiece(folder: Path) -> None:
+    """A bare SentencePiece `tokenizer.model` (BPE, byte fallback, ChatML symbols) plus the
+    tokenizer_config.json a Llama checkpoint ships with; no tokenizer.json."""
+    import json
+
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "corpus.txt"
+    text.write_text("\n".join(corpus() * 3), encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   user_defined_symbols=["<|im_start|>", "<|im_end|>"], minloglevel=2)
+    text.unlink()
+    (folder / "tokenizer.vocab").unlink()
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "chat_template": CHAT_TEMPLATE}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")

@@ -70,3 +70,31 @@ def test_stream_decoder_pieces_join_to_the_full_text(folder):
 def test_special_token_ids_come_from_the_files(folder):
     tok = Tokenizer(folder)
     assert tok.eos_token_ids == (tok.encode("<|im_end|>", add_special_tokens=False)[0],)
+
+
+SP_TEXTS = TEXTS + [" x", "x ", "a  b", "</s> then <s>x", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_folder(tmp_path_factory):
+    from checkpoints import train_sentencepiece
+
+    folder = tmp_path_factory.mktemp("sp")
+    train_sentencepiece(folder)
+    return folder
+
+
+@pytest.mark.parametrize("text", SP_TEXTS)
+def test_sentencepiece_model_matches_transformers(sentencepiece_folder, text):
+    """A folder with only tokenizer.model: same ids and text as transformers' LlamaTokenizer."""
+    ours, theirs = Tokenizer(sentencepiece_folder), AutoTokenizer.from_pretrained(sentencepiece_folder)
+    ids = ours.encode(text)
+    assert ids == theirs.encode(text)
+    assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+
+
+def test_sentencepiece_chat_prompt_matches_transformers(sentencepiece_folder):
+    ours, theirs = Tokenizer(sentencepiece_folder), AutoTokenizer.from_pretrained(sentencepiece_folder)
+    messages = MESSAGES[1:]
+    assert ours.encode_chat(messages) == theirs.apply_chat_template(messages, add_generation_prompt=True,
+                                                                    tokenize=True, return_dict=False)
