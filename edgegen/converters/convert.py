@@ -77,12 +77,14 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
     steps = 2 + c.num_hidden_layers
     with tqdm(total=steps, desc=f"convert → {options.runtime}", unit="step", leave=False,
               disable=None) as bar:
+        bar.set_postfix_str("reading weights")
         weights = ckpt.load_weights()
         bar.update(1)
         if options.runtime == "onnx":
             from edgegen.converters.onnx.export import export_onnx
 
-            files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1))
+            files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1),
+                                on_stage=bar.set_postfix_str)
         else:
             from edgegen.converters.mlx import export_mlx
 

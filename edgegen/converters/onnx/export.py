@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,11 +22,14 @@ ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits on CPU: the fast kerne
 
 
 def export_onnx(config: DecoderConfig, weights: dict[str, np.ndarray], out: Path, quant: Quantization,
-                on_layer: Callable[[int], None]) -> dict[str, str]:
+                on_layer: Callable[[int], None], on_stage: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+    on_stage("building graph")
     model = build_decoder(config, weights, separate_lm_head=quant.bits is not None, on_layer=on_layer)
     proto = ir.serde.serialize_model(model)
     if quant.bits:
+        on_stage(f"quantizing to {quant.method}")
         proto = _quantize(proto, quant)
+    on_stage("saving")
     onnx.save_model(proto, str(out / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)
     return {"model": MODEL_FILE, "weights": DATA_FILE}
@@ -46,7 +50,9 @@ def _quantize(proto: onnx.ModelProto, quant: Quantization) -> onnx.ModelProto:
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.WARNING)  # the quantizer logs every node at INFO
     try:
-        quantizer.process()
+        with warnings.catch_warnings():  # all-zero blocks (e.g. padding rows) divide 0 by 0, then get 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            quantizer.process()
     finally:
         logging.getLogger().setLevel(level)
     return quantizer.model.model
