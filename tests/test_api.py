@@ -89,3 +89,23 @@ def test_mlx_metal_falls_back_to_cpu_with_a_message(converted, capsys):
         pytest.skip("Metal is available here")
     model = edgegen.load(converted("qwen2", "mlx"), device="gpu")
     assert model.backend.device == "cpu" and "Metal is not available" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(converted, monkeypatch):
+    from edgegen.api import Model
+
+    real = Model.stream_chat
+    calls = []
+
+    def interrupted(self, messages, **kwargs):
+        calls.append(len(messages))
+        if len(calls) == 1:  # the first reply is cut off by Ctrl-C after one piece
+            yield "partial"
+            raise KeyboardInterrupt
+        yield from real(self, messages, **kwargs)
+
+    monkeypatch.setattr(Model, "stream_chat", interrupted)
+    result = CliRunner().invoke(main, ["chat", str(converted("qwen2", "onnx")), "-m", "2"],
+                                input="hello\nagain\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "partial [stopped]" in result.stdout and calls == [1, 3]
