@@ -75,6 +75,8 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         if self.params.greedy:
+            if self.params.repetition_penalty == 1.0:
+                return int(np.argmax(logits))  # the hot path: no copy of the logits
             return int(np.argmax(self.process(logits, history)))
         probs = self.probs(logits, history)
         return int(self.rng.choice(probs.size, p=probs))

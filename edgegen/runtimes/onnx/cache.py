@@ -14,6 +14,8 @@ class OnnxKVCache:
         self._max = max_length
         self._length = 0
         self.buffers: list[tuple[np.ndarray, np.ndarray]] = []
+        self.generation = 0  # bumped whenever the buffers are replaced (the runtime rebinds them)
+        self.binding = None  # the runtime's I/O binding of these buffers, reused across steps
         self._allocate(0)
 
     @property
@@ -50,3 +52,4 @@ class OnnxKVCache:
             k[:, :, : self._length] = old_k[:, :, : self._length]
             v[:, :, : self._length] = old_v[:, :, : self._length]
         self.buffers = new
+        self.generation += 1
