@@ -144,7 +144,9 @@ class _SentencePiece:
     the text at the very start gets SentencePiece's dummy-prefix space."""
 
     def __init__(self, path: Path, config: dict[str, Any]):
-        (self.sp, proto), (self.sp_inner, _) = _sentencepiece(path, True), _sentencepiece(path, False)
+        prefix = config.get("add_prefix_space")  # transformers' override of the model's own setting
+        self.sp, proto = _sentencepiece(path, None if prefix is None else bool(prefix))
+        self.sp_inner = _sentencepiece(path, False)[0]
         self.add_bos = bool(config.get("add_bos_token", True))
         self.add_eos = bool(config.get("add_eos_token", False))
         kinds = (proto.SentencePiece.CONTROL, proto.SentencePiece.USER_DEFINED)
@@ -180,7 +182,8 @@ class _SentencePiece:
         return self.sp.DecodeIds(ids)
 
 
-def _sentencepiece(path: Path, dummy_prefix: bool):
+def _sentencepiece(path: Path, dummy_prefix: bool | None):
+    """The model with normalization off; `dummy_prefix` None keeps the model's own setting."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
@@ -189,7 +192,9 @@ def _sentencepiece(path: Path, dummy_prefix: bool):
         proto.ParseFromString(path.read_bytes())
         spec = proto.normalizer_spec
         spec.name, spec.precompiled_charsmap = "identity", b""
-        spec.remove_extra_whitespaces, spec.add_dummy_prefix = False, dummy_prefix
+        spec.remove_extra_whitespaces = False
+        if dummy_prefix is not None:
+            spec.add_dummy_prefix = dummy_prefix
         sp = spm.SentencePieceProcessor()
         sp.LoadFromSerializedProto(proto.SerializeToString())
     except Exception as exc:  # protobuf DecodeError or sentencepiece's RuntimeError

@@ -1,0 +1,85 @@
+"""The trained models shipped inside the package: they convert to both runtimes, generate, match
+transformers, and `edgegen generate`/`chat` with no model argument use tiny-chat offline."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import edgegen
+from conftest import RUNTIMES
+from edgegen.cli import main
+from edgegen.models import BUNDLED, bundled_models
+from edgegen.tokenizer import Tokenizer
+
+NAMES = ("tiny-chat", "tiny-draft")
+PROSE = "The json module can serialize Python objects to a string, and parse them back."
+
+
+def test_both_models_ship_within_the_size_budget():
+    assert set(NAMES) <= set(bundled_models())
+    size = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20
+
+
+@pytest.fixture(scope="module")
+def bundled_converted(tmp_path_factory):
+    cache = {}
+
+    def get(name: str, runtime: str):
+        if (name, runtime) not in cache:
+            out = tmp_path_factory.mktemp("bundled") / f"{name}-{runtime}"
+            result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--runtime", runtime])
+            assert result.exit_code == 0, result.output
+            cache[name, runtime] = out
+        return cache[name, runtime]
+
+    return get
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("name", NAMES)
+def test_fp32_logits_match_transformers_on_trained_weights(name, runtime, bundled_converted):
+    ids = Tokenizer(BUNDLED / name).encode(PROSE)
+    hf = AutoModelForCausalLM.from_pretrained(BUNDLED / name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0].numpy()
+    ours = edgegen.load(bundled_converted(name, runtime)).logits(ids)
+    np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_tiny_chat_replies_in_words(runtime, bundled_converted):
+    model = edgegen.load(bundled_converted("tiny-chat", runtime))
+    reply = model.chat([{"role": "user", "content": "What does json.dumps do?"}], max_tokens=24)
+    assert reply.stats.generated_tokens > 0 and sum(ch.isalpha() for ch in reply.text) > 5
+
+
+@pytest.mark.parametrize("strip_json", [False, True], ids=["tokenizer.json", "tokenizer.model only"])
+def test_sentencepiece_tokenizer_round_trips_like_transformers(tmp_path, strip_json):
+    folder = tmp_path / "tok"
+    shutil.copytree(BUNDLED / "tiny-chat", folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    if strip_json:
+        (folder / "tokenizer.json").unlink()
+    ours, theirs = Tokenizer(folder), AutoTokenizer.from_pretrained(BUNDLED / "tiny-chat")
+    messages = [{"role": "user", "content": "Explain list comprehensions."}]
+    for text in (PROSE, "  two leading spaces, a tab\tand\n\nnew lines", "Ünïcödé — ☃ 🙂"):
+        ids = ours.encode(text)
+        assert ids == theirs.encode(text)
+        assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)
+    assert ours.decode(ours.encode(PROSE)) == PROSE
+    assert ours.encode_chat(messages) == theirs.apply_chat_template(messages, add_generation_prompt=True,
+                                                                    tokenize=True, return_dict=False)
+
+
+def test_generate_with_no_model_uses_tiny_chat_offline():
+    result = CliRunner().invoke(main, ["generate", "-p", "What is a list?", "-m", "8"])
+    assert result.exit_code == 0, result.output
+    assert "tokens-per-sec" in result.stderr
+    again = CliRunner().invoke(main, ["info"])  # converted once, found again in the cache
+    assert again.exit_code == 0 and "llama" in again.stdout
