@@ -1,21 +1,30 @@
-"""The Python API: `load()` a converted model and generate, stream, chat or score with it."""
+"""The Python API: `load()` a model and generate, stream, chat or score with it.
+
+A `Model` is safe to share between threads: its calls are serialized by one lock around the KV
+cache and the runtime session, so concurrent calls give the results sequential calls would.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import resource
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgegen.core.errors import ConfigError
+from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
+from edgegen.core.options import GenerateOptions
 from edgegen.core.protocols import LanguageModel
-from edgegen.decoding.autoregressive import GenerationStats, Session, generate
-from edgegen.decoding.sampling import Sampler, SamplingParams
+from edgegen.core.stats import GenerationStats
+from edgegen.decoding.autoregressive import Session, generate
+from edgegen.decoding.sampling import Sampler
 from edgegen.tokenizer import StreamDecoder, Tokenizer
+
+__all__ = ["Generation", "GenerationStats", "GenerateOptions", "Model", "load"]
 
 
 @dataclasses.dataclass
@@ -25,11 +34,14 @@ class Generation:
     stats: GenerationStats
 
 
-def load(path: str | Path, provider: str | None = None, *, device: str | None = None,
-         threads: int | None = None) -> "Model":
-    """Load a folder written by `edgegen convert`. `provider` picks the ONNX Runtime execution
-    provider (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
-    folder = Path(path).expanduser()
+def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
+         threads: int | None = None, runtime: str | None = None) -> "Model":
+    """Load a converted folder, or a bundled name / Hugging Face folder / hub repo id (converted
+    once into edgegen's cache for `runtime`). `provider` picks the ONNX Runtime execution provider
+    (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
+    from edgegen.models import locate
+
+    folder = locate(str(model), runtime)
     manifest = Manifest.read(folder)
     if manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
@@ -41,7 +53,7 @@ def load(path: str | Path, provider: str | None = None, *, device: str | None = 
         backend = MLXLanguageModel(folder, manifest, device)
     else:
         raise ConfigError(f"{folder} targets runtime {manifest.runtime!r}, which this edgegen cannot run")
-    return Model(backend, Tokenizer(folder), manifest)
+    return Model(backend, Tokenizer(folder), manifest, folder)
 
 
 def peak_rss_mb() -> float:
@@ -53,53 +65,67 @@ class Model:
     """A converted model with its tokenizer. One KV cache is kept and its longest shared prefix
     reused between calls, so a chat continues without re-reading the conversation."""
 
-    def __init__(self, backend: LanguageModel, tokenizer: Tokenizer, manifest: Manifest):
-        self.backend, self.tokenizer, self.manifest = backend, tokenizer, manifest
+    def __init__(self, backend: LanguageModel, tokenizer: Tokenizer, manifest: Manifest,
+                 folder: Path | None = None):
+        self.backend, self.tokenizer, self.manifest, self.folder = backend, tokenizer, manifest, folder
         self.session = Session(backend)
+        self._lock = threading.Lock()
+        self._owner: int | None = None
 
+    # ------------------------------------------------------------------ public calls (locked)
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """float32 logits (len(token_ids), vocab) of one fresh forward pass."""
-        session = Session(self.backend)
-        return session.feed(list(token_ids), last_only=False)
+        ids = self._check_ids(token_ids)
+        with self._locked():
+            return Session(self.backend).feed(ids, last_only=False)
 
     def reset(self) -> None:
-        self.session.reset()
+        with self._locked():
+            self.session.reset()
 
-    def stream(self, prompt: str | Sequence[int], *, max_tokens: int = 256, stop: Iterable[str] = (),
-               ignore_eos: bool = False, stats: GenerationStats | None = None, **sampling: Any) -> Iterator[str]:
-        """Yield text pieces as they are generated. `sampling`: temperature, top_p, top_k, min_p,
-        repetition_penalty, seed."""
-        ids = self._encode(prompt)
-        stats = stats if stats is not None else GenerationStats()
-        yield from self._stream_ids(ids, max_tokens, list(stop), ignore_eos, stats, sampling)
-
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 256, stop: Iterable[str] = (),
-                 ignore_eos: bool = False, **sampling: Any) -> Generation:
-        stats = GenerationStats()
-        pieces, ids = [], []
-        for piece in self._stream_ids(self._encode(prompt), max_tokens, list(stop), ignore_eos, stats,
-                                      sampling, token_sink=ids):
+    def generate(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
+                 **kwargs: Any) -> Generation:
+        """Generate after `prompt` (text, or token ids). Options: see `GenerateOptions.keys()`
+        (max_tokens, stop, ignore_eos, temperature, top_p, top_k, min_p, repetition_penalty, seed)."""
+        stats, pieces, ids = GenerationStats(), [], []
+        for piece in self._stream(prompt, options, kwargs, stats, ids):
             pieces.append(piece)
         return Generation("".join(pieces), ids, stats)
 
-    def chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> Generation:
+    def stream(self, prompt: str | Sequence[int], options: GenerateOptions | None = None, *,
+               stats: GenerationStats | None = None, **kwargs: Any) -> Iterator[str]:
+        """Yield text pieces as they are generated; `stats` (if given) is filled as it goes."""
+        return self._stream(prompt, options, kwargs, stats if stats is not None else GenerationStats(), None)
+
+    def chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None,
+             **kwargs: Any) -> Generation:
         """Reply to `messages` ([{"role": ..., "content": ...}]) using the model's chat template."""
-        return self.generate(self.tokenizer.encode_chat(messages), **kwargs)
+        return self.generate(self.tokenizer.encode_chat(messages), options, **kwargs)
 
-    def stream_chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> Iterator[str]:
-        return self.stream(self.tokenizer.encode_chat(messages), **kwargs)
+    def stream_chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None, *,
+                    stats: GenerationStats | None = None, **kwargs: Any) -> Iterator[str]:
+        return self.stream(self.tokenizer.encode_chat(messages), options, stats=stats, **kwargs)
 
-    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
-        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    # ------------------------------------------------------------------ internals
+    def _stream(self, prompt: str | Sequence[int], options: GenerateOptions | None, kwargs: dict[str, Any],
+                stats: GenerationStats, token_sink: list[int] | None) -> Iterator[str]:
+        """Checks arguments now (errors surface at the call), then generates under the lock."""
+        options = GenerateOptions.from_kwargs(options, **kwargs)
+        ids = self._encode(prompt)
+        return self._locked_stream(ids, options, stats, token_sink)
 
-    def _stream_ids(self, ids: list[int], max_tokens: int, stop: list[str], ignore_eos: bool,
-                    stats: GenerationStats, sampling: dict[str, Any], token_sink: list[int] | None = None):
-        sampler = Sampler(SamplingParams(**sampling))
+    def _locked_stream(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
+                       token_sink: list[int] | None) -> Iterator[str]:
+        with self._locked():
+            yield from self._stream_ids(ids, options, stats, token_sink)
+
+    def _stream_ids(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
+                    token_sink: list[int] | None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
-        text = _StopText(stop)
-        stop_ids = () if ignore_eos else self.tokenizer.eos_token_ids
-        tokens = generate(self.session, ids, sampler, max_tokens=max_tokens, stop_ids=stop_ids, stats=stats,
-                          should_stop=lambda _: text.hit)
+        text = _StopText(list(options.stop))
+        stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
+        tokens = generate(self.session, ids, Sampler(options.sampling), max_tokens=options.max_tokens,
+                          stop_ids=stop_ids, stats=stats, should_stop=lambda _: text.hit)
         try:
             for token in tokens:
                 if token_sink is not None:
@@ -113,6 +139,53 @@ class Model:
         finally:
             tokens.close()
             stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+
+    def _locked(self):
+        return _OwnedLock(self)
+
+    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            if not ids:
+                raise ConfigError("the prompt is empty: give at least one token")
+            return self._check_ids(ids)
+        return self._check_ids(prompt)
+
+    def _check_ids(self, token_ids: Any) -> list[int]:
+        """Token ids from a caller: integers in [0, vocabulary); anything else is a one-line error."""
+        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+            raise ConfigError(f"token ids must be a list of integers, got {type(token_ids).__name__}")
+        ids = list(token_ids)
+        vocab = self.backend.vocab_size
+        for i in ids:
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+                raise ConfigError(f"token ids must be integers, got {i!r}")
+            if not 0 <= i < vocab:
+                raise ConfigError(f"token id {i} is outside the vocabulary [0, {vocab}); "
+                                  "check the ids (or the tokenizer they came from)")
+        if not ids:
+            raise ConfigError("the prompt is empty: give at least one token")
+        return [int(i) for i in ids]
+
+
+class _OwnedLock:
+    """The model's lock, with a clear error (not a deadlock) when the thread that holds it asks
+    again, e.g. by calling `generate` while one of its own streams is still open."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self.model._owner == me:
+            raise EdgegenError("this Model is already generating in this thread (an unfinished stream?); "
+                               "finish or close() it first")
+        self.model._lock.acquire()
+        self.model._owner = me
+
+    def __exit__(self, *exc: object) -> None:
+        self.model._owner = None
+        self.model._lock.release()
 
 
 class _StopText:

@@ -1,5 +1,6 @@
 """Find models by name: converted folders, Hugging Face sources, and the models bundled with
-edgegen (converted once into the user's cache, then reused)."""
+edgegen (converted once into the user's cache, then reused). Below the API: `edgegen.load(name)`
+resolves names here."""
 
 from __future__ import annotations
 
@@ -66,10 +67,3 @@ def locate(model: str | None, runtime: str | None = None) -> Path:
         convert_source(model, out, runtime=runtime, force=True)
         print(f"edgegen: converted {model} for {runtime} into {out} (kept for next time)", file=sys.stderr)
     return out
-
-
-def open_model(model: str | None, runtime: str | None = None, provider: str | None = None,
-               device: str | None = None):
-    from edgegen.api import load
-
-    return load(locate(model, runtime), provider, device=device)

@@ -19,13 +19,39 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "chat_template.jinja", "chat_template.json", "generation_config.json")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "restore the file or convert the model again") from None
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except ValueError as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} does not hold a JSON object; restore the file or convert the model again")
+    return data
+
+
+def clean_text(text: str) -> str:
+    """`text` as valid Unicode: bytes that were not UTF-8 (command-line arguments decoded with
+    surrogateescape) and lone surrogates become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _escaped_only(text) else "surrogatepass") \
+            .decode("utf-8", "replace")
+
+
+def _escaped_only(text: str) -> bool:
+    return all(not 0xD800 <= ord(ch) <= 0xDFFF or 0xDC80 <= ord(ch) <= 0xDCFF for ch in text)
 
 
 def _token_text(value: Any) -> str | None:
@@ -38,7 +64,7 @@ def _token_text(value: Any) -> str | None:
 def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        return _read_text(jinja)
     template = config.get("chat_template") or _read_json(folder / "chat_template.json").get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template}
@@ -77,7 +103,7 @@ class Tokenizer:
         return self._backend.vocab_size()
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return self._backend.encode(text, add_special_tokens)
+        return self._backend.encode(clean_text(text), add_special_tokens)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens)
@@ -88,9 +114,15 @@ class Tokenizer:
         if not self.chat_template:
             raise ConfigError("this model has no chat template (tokenizer_config.json has no chat_template); "
                               "use `edgegen generate` with a plain prompt instead")
-        template = _compile_template(self.chat_template)
-        return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                               **self.special_tokens, **kwargs)
+        from jinja2 import TemplateError
+
+        try:
+            template = _compile_template(self.chat_template)
+            return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                   **self.special_tokens, **kwargs)
+        except TemplateError as exc:
+            raise ConfigError(f"the model's chat template cannot be rendered ({exc}); fix chat_template "
+                              "in tokenizer_config.json (or chat_template.jinja), or use --raw") from None
 
     def encode_chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> list[int]:
         # A rendered template already carries its special tokens (transformers does the same).

@@ -97,12 +97,12 @@ def test_ctrl_c_stops_the_reply_not_the_chat(converted, monkeypatch):
     real = Model.stream_chat
     calls = []
 
-    def interrupted(self, messages, **kwargs):
+    def interrupted(self, messages, *args, **kwargs):
         calls.append(len(messages))
         if len(calls) == 1:  # the first reply is cut off by Ctrl-C after one piece
             yield "partial"
             raise KeyboardInterrupt
-        yield from real(self, messages, **kwargs)
+        yield from real(self, messages, *args, **kwargs)
 
     monkeypatch.setattr(Model, "stream_chat", interrupted)
     result = CliRunner().invoke(main, ["chat", str(converted("qwen2", "onnx")), "-m", "2"],

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from edgegen.converters.checkpoint import Checkpoint, open_checkpoint
 from edgegen.converters.hub import Source, resolve
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import DTYPES, QUANTS, RUNTIMES, Manifest, Quantization
+from edgegen.core.outputs import atomic_folder, check_output
 from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
 
 GROUP_SIZES = (32, 64, 128)
@@ -50,24 +49,19 @@ class ConvertOptions:
 
 
 def convert(src: str, out: str | Path, options: ConvertOptions | None = None, **kwargs: Any) -> Path:
-    """Convert `src` (folder or hub repo id) into `out`; returns `out`. Nothing is left on failure."""
+    """Convert `src` (folder or hub repo id) into `out`; returns `out`. Nothing is left on failure,
+    and `force` replaces only a previous edgegen output or an empty folder."""
     options = (options or ConvertOptions(**kwargs)).validated()
-    out = Path(out).expanduser().resolve()
-    if out.exists() and not options.force:
-        raise ConfigError(f"{out} already exists; choose another -o or pass --force to replace it")
+    local = Path(src).expanduser()
+    out = check_output(out, force=options.force, sources=[local] if local.exists() else [])
     source = resolve(src, options.revision)
+    out = check_output(out, force=options.force, sources=[source.folder])
     checkpoint = open_checkpoint(source.folder)
     if options.runtime == "onnx" and checkpoint.config.head_dim % 16:
         raise ConfigError(f"head_dim {checkpoint.config.head_dim} is not a multiple of 16, which ONNX Runtime's "
                           "GroupQueryAttention needs; use --runtime mlx")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         _write(checkpoint, source, tmp, options)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -112,14 +106,3 @@ def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: 
         quantization=quant, context_length=ckpt.config.context_length, vocab_size=ckpt.config.vocab_size,
         special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
         source=origin, config=ckpt.hf_config, files=files)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

@@ -32,3 +32,7 @@ class ConversionError(EdgegenError):
 
 class ContextOverflow(EdgegenError):
     """The prompt plus the requested tokens do not fit the model's context."""
+
+
+class InferenceError(EdgegenError):
+    """The runtime failed while running a model (a damaged model file, an unsupported input)."""

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable, Iterator, Sequence
 
 from edgegen.core.errors import ContextOverflow
 from edgegen.core.protocols import LanguageModel
+from edgegen.core.stats import GenerationStats
 from edgegen.decoding.sampling import Sampler
 
 PREFILL_CHUNK = 512  # bounds the activation memory of long prompts
-
-
-@dataclasses.dataclass
-class GenerationStats:
-    prompt_tokens: int = 0  # tokens actually run through the model (cached prefix excluded)
-    prefill_seconds: float = 0.0
-    generated_tokens: int = 0
-    decode_seconds: float = 0.0  # time for tokens after the first
-    peak_memory_mb: float = 0.0
-    finish_reason: str = ""  # "stop" (EOS or stop string), "length" or "interrupted"
-
-    @property
-    def prefill_tokens_per_s(self) -> float:
-        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        n = self.generated_tokens - 1
-        return n / self.decode_seconds if n > 0 and self.decode_seconds else 0.0
 
 
 class Session:
@@ -92,6 +73,7 @@ def generate(session: Session, prompt: Sequence[int], sampler: Sampler, *, max_t
     max_tokens = min(max_tokens, context - len(prompt))
     t0 = time.perf_counter()
     logits, stats.prompt_tokens = session.prefill(list(prompt))
+    stats.forwards = 1  # the prefill's last position gives the first token
     history, generated, stop = list(prompt), [], set(stop_ids)
     stats.finish_reason = "length"
     t_first = None
@@ -113,3 +95,4 @@ def generate(session: Session, prompt: Sequence[int], sampler: Sampler, *, max_t
             break
         if len(generated) < max_tokens:
             logits = session.feed([token])[-1]
+            stats.forwards += 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgegen.archs._decoder import DecoderConfig
 from edgegen.core import registry
-from edgegen.core.errors import BackendUnavailable
+from edgegen.core.errors import BackendUnavailable, ConfigError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability
 
@@ -68,9 +68,13 @@ class MLXLanguageModel:
         self.device = select_device(device)
         self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
         self.model = build_model(self.config, manifest.quantization)
-        self.model.load_weights(str(folder / WEIGHTS))
-        self.model.eval()
-        mx.eval(self.model.parameters())
+        try:
+            self.model.load_weights(str(folder / WEIGHTS))
+            self.model.eval()
+            mx.eval(self.model.parameters())
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ConfigError(f"{folder / WEIGHTS} could not be loaded ({' '.join(str(exc).split())[:200]}); "
+                              "convert the model again") from None
         self.vocab_size = self.config.vocab_size
         self.context_length = manifest.context_length
         self.description = f"MLX ({self.device})"

@@ -8,10 +8,11 @@ from typing import Sequence
 import numpy as np
 
 from edgegen.core import registry
+from edgegen.core.errors import InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability
 from edgegen.runtimes.onnx.cache import OnnxKVCache
-from edgegen.runtimes.onnx.session import choose_provider, create_session, import_ort
+from edgegen.runtimes.onnx.session import choose_provider, create_session, import_ort, ort_message
 
 
 class OnnxLanguageModel:
@@ -40,7 +41,11 @@ class OnnxLanguageModel:
         binding.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
         binding.bind_cpu_input("logits_to_keep", np.asarray([1 if last_only else n], dtype=np.int64))
         binding.bind_output("logits")
-        self.session.run_with_iobinding(binding)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise InferenceError(f"ONNX Runtime failed to run the model ({ort_message(exc)}); "
+                                 "if the model files were changed, convert the model again") from None
         cache.advance(n)
         # Only the logits are copied out (the presents live in the cache's own buffers).
         return binding.get_outputs()[-1].numpy()[0]  # (kept, vocab); logits is bound last

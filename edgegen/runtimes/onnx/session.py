@@ -9,6 +9,7 @@ falls back to the CPU with one clear message.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,17 @@ def import_ort():
         import onnxruntime as ort
     except ImportError:
         raise BackendUnavailable("onnxruntime is not installed; `pip install onnxruntime`") from None
+    ort.set_default_logger_severity(4)  # its failures reach the user as our one-line errors instead
     return ort
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ort_message(exc: BaseException) -> str:
+    """onnxruntime's exception text on one line, without colour codes or its status prefix."""
+    text = _ANSI.sub("", str(exc)).replace("[ONNXRuntimeError] :", "").strip()
+    return " ".join(text.split())[:300]
 
 
 def choose_provider(requested: str | None) -> str:
@@ -64,5 +75,5 @@ def create_session(model_path: Path, provider: str, threads: int | None = None):
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BackendUnavailable(f"ONNX Runtime could not load {model_path} ({exc}); "
+        raise BackendUnavailable(f"ONNX Runtime could not load {model_path} ({ort_message(exc)}); "
                                  "convert the model again with this edgegen version") from None

@@ -1,0 +1,46 @@
+"""The click group and what every command shares: one-line errors, exit codes, stats lines."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from edgegen.core.errors import EdgegenError
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit: what is wrong and what to do, never a traceback."""
+    click.echo(f"edgegen: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Every failure of every command ends here: user errors (ours and click's usage errors) print
+    one line and exit with code 2; Ctrl-C exits with 130."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            return super().main(args, prog_name or "edgegen", complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            path = exc.ctx.command_path if exc.ctx is not None else "edgegen"
+            fail(f"{exc.format_message().rstrip('.')} (see `{path} --help`)", 2)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except EdgegenError as exc:
+            fail(str(exc), exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("edgegen: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `edgegen generate ... | head`: the reader left; so do we
+            sys.stderr.close()
+            sys.exit(0)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgegen")
+def main() -> None:
+    """Run generative models on the device in front of you: MLX on Apple silicon, ONNX Runtime on
+    CPUs and NPUs."""

@@ -1,0 +1,43 @@
+"""`edgegen convert` and `edgegen info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgegen.cli._app import main
+
+
+@main.command()
+@click.argument("src")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--runtime", type=click.Choice(["mlx", "onnx"]), default="onnx", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--quant", type=click.Choice(["none", "q8", "q4"]), default="none", show_default=True)
+@click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
+              help="Quantization group size (default 32 for ONNX, 64 for MLX).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--force", is_flag=True, help="Replace OUT if it is a previous edgegen output (or an empty folder).")
+def convert(src: str, out: Path, runtime: str, dtype: str, quant: str, group_size: str | None,
+            revision: str | None, force: bool) -> None:
+    """Convert SRC (a Hugging Face folder, hub repo id or bundled model name) into OUT."""
+    from edgegen.models import convert_source
+
+    path = convert_source(src, out, runtime=runtime, dtype=dtype, quant=quant, revision=revision, force=force,
+                          group_size=int(group_size) if group_size else None)
+    click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.argument("model", required=False)
+def info(model: str | None) -> None:
+    """Describe a converted MODEL folder (default: the bundled tiny-chat)."""
+    from edgegen.core.manifest import Manifest
+    from edgegen.models import locate
+
+    manifest = Manifest.read(model) if model else Manifest.read(locate(None))
+    rows = manifest.describe()
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        click.echo(f"{label:<{width}}  {value}")

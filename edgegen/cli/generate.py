@@ -1,0 +1,139 @@
+"""`edgegen generate` and `edgegen chat`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from edgegen.cli._app import main
+
+
+def decoding_options(func: Callable) -> Callable:
+    """The options every generating command shares; they become one `GenerateOptions`."""
+    options = [
+        click.option("--max-tokens", "-m", default=256, show_default=True, type=int),
+        click.option("--temp", "temperature", default=0.0, show_default=True, type=float, help="0 is greedy."),
+        click.option("--top-p", default=1.0, show_default=True, type=float),
+        click.option("--top-k", default=0, show_default=True, type=int, help="0 turns it off."),
+        click.option("--min-p", default=0.0, show_default=True, type=float),
+        click.option("--repetition-penalty", default=1.0, show_default=True, type=float),
+        click.option("--seed", default=None, type=int, help="Makes sampling reproducible."),
+        click.option("--stop", multiple=True, help="Stop at this text (repeatable)."),
+        click.option("--provider", default=None, help="ONNX Runtime provider: cpu, coreml, qnn, dml, cuda, auto."),
+        click.option("--device", default=None, help="MLX device: gpu (Metal), cpu, auto."),
+        click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None,
+                     help="Runtime to convert to when MODEL is not converted yet."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+RUNTIME_FLAGS = ("provider", "device", "runtime")
+
+
+def split_options(opts: dict[str, Any]):
+    """(GenerateOptions, runtime flags) from the parsed options; checked before anything loads."""
+    from edgegen.core.options import GenerateOptions
+
+    flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
+    return GenerateOptions.from_kwargs(**opts), flags
+
+
+def load_model(model: str | None, flags: dict[str, Any]):
+    from edgegen.api import load
+    from edgegen.models import DEFAULT_MODEL
+
+    return load(model or DEFAULT_MODEL, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+
+
+def print_stats(stats) -> None:
+    click.echo("=" * 10, err=True)
+    for line in stats.lines():
+        click.echo(line, err=True)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
+@click.option("--raw", is_flag=True, help="Do not wrap the prompt in the model's chat template.")
+@click.option("--json", "as_json", is_flag=True, help="Print ids, text and timing as JSON.")
+@decoding_options
+def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: Any) -> None:
+    """Generate from MODEL (a converted folder or any source; default: the bundled tiny-chat)."""
+    from edgegen.core.stats import GenerationStats
+
+    options, flags = split_options(opts)
+    llm = load_model(model, flags)
+    text = sys.stdin.read() if prompt == "-" else prompt
+    ids = prompt_ids(llm, text, raw)
+    if as_json:
+        result = llm.generate(ids, options)
+        click.echo(json.dumps({"prompt_ids": ids, "token_ids": result.token_ids, "text": result.text,
+                               "timing": result.stats.timing()}))
+        return
+    stats = GenerationStats()
+    for piece in llm.stream(ids, options, stats=stats):
+        click.echo(piece, nl=False)
+    click.echo()
+    print_stats(stats)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--system", default=None, help="A system prompt.")
+@decoding_options
+def chat(model: str | None, system: str | None, **opts: Any) -> None:
+    """Chat with MODEL (default: the bundled tiny-chat). /reset clears, /quit leaves; Ctrl-C stops a reply."""
+    options, flags = split_options(opts)
+    llm = load_model(model, flags)
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    click.echo("edgegen chat: /reset clears the conversation, /quit leaves, Ctrl-C stops a reply.", err=True)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo("\n(/quit or Ctrl-D leaves)", err=True)
+            continue
+        if line.strip() in ("/quit", "/exit"):
+            return
+        if line.strip() == "/reset":
+            messages = list(start)
+            llm.reset()
+            click.echo("(conversation cleared)", err=True)
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        messages.append({"role": "assistant", "content": reply(llm, messages, options)})
+
+
+def reply(llm, messages: list[dict[str, str]], options) -> str:
+    from edgegen.core.stats import GenerationStats
+
+    stats, pieces = GenerationStats(), []
+    stream = llm.stream_chat(messages, options, stats=stats)
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            click.echo(piece, nl=False)
+    except KeyboardInterrupt:
+        stream.close()
+        stats.finish_reason = "interrupted"
+        click.echo(" [stopped]", nl=False)
+    click.echo()
+    print_stats(stats)
+    return "".join(pieces)
+
+
+def prompt_ids(llm, text: str, raw: bool) -> list[int]:
+    if raw or not llm.tokenizer.chat_template:
+        return llm.tokenizer.encode(text)
+    return llm.tokenizer.encode_chat([{"role": "user", "content": text}])

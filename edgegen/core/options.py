@@ -1,0 +1,101 @@
+"""The one options object shared by `Model.generate`/`stream`/`chat`, the CLI and the server.
+
+Flat keyword arguments (`temperature=0.7, draft="q4", kv_bits=8`) or a JSON body map onto it with
+`GenerateOptions.from_kwargs`; every value is checked here, at the edge, with one clear message.
+Strategies read the part that concerns them (`sampling`, `speculative`, `kv`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from edgegen.core.errors import ConfigError
+
+MAX_SEED = 2**63 - 1
+
+
+def _number(name: str, value: Any, kind: type, low: float | None = None, high: float | None = None,
+            low_open: bool = False, hint: str = "") -> Any:
+    """`value` as `kind` if it is a finite number within [low, high] (or (low, high]); else ConfigError."""
+    what = "an integer" if kind is int else "a number"
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad_type or (isinstance(value, float) and (not math.isfinite(value)
+                                                  or (kind is int and not value.is_integer()))):
+        raise ConfigError(f"{name} must be {what}, got {value!r}{hint}")
+    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        span = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ConfigError(f"{name} must be in {span}, got {value!r}{hint}")
+    return kind(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "temperature", _number("temperature", self.temperature, float, 0, 1e6, hint=" (0 is greedy)"))
+        set_(self, "top_p", _number("top_p", self.top_p, float, 0, 1, low_open=True))
+        set_(self, "top_k", _number("top_k", self.top_k, int, 0, 2**31 - 1, hint=" (0 turns it off)"))
+        set_(self, "min_p", _number("min_p", self.min_p, float, 0, 1))
+        if self.min_p >= 1:
+            raise ConfigError(f"min_p must be below 1, got {self.min_p!r}")
+        set_(self, "repetition_penalty", _number("repetition_penalty", self.repetition_penalty, float, 0, 1e6,
+                                                 low_open=True, hint=" (1 turns it off)"))
+        if self.seed is not None:
+            set_(self, "seed", _number("seed", self.seed, int, 0, MAX_SEED))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateOptions:
+    """Everything a generation call can be asked for."""
+
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    sampling: SamplingParams = SamplingParams()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+        if not isinstance(self.ignore_eos, bool):
+            raise ConfigError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+
+    @classmethod
+    def from_kwargs(cls, base: "GenerateOptions | None" = None, **kwargs: Any) -> "GenerateOptions":
+        """Flat keyword arguments (those of `keys()`) over `base` (or the defaults)."""
+        base = base or cls()
+        unknown = sorted(set(kwargs) - set(cls.keys()))
+        if unknown:
+            raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                              f"known: {', '.join(cls.keys())}")
+        groups = {"sampling": SamplingParams}
+        changes: dict[str, Any] = {}
+        for group, klass in groups.items():
+            fields = {f.name for f in dataclasses.fields(klass)}
+            picked = {k: v for k, v in kwargs.items() if k in fields}
+            if picked:
+                changes[group] = dataclasses.replace(getattr(base, group), **picked)
+        changes.update({k: v for k, v in kwargs.items() if k in _TOP_LEVEL})
+        return dataclasses.replace(base, **changes)
+
+    @staticmethod
+    def keys() -> list[str]:
+        return list(_TOP_LEVEL) + [f.name for f in dataclasses.fields(SamplingParams)]
+
+
+_TOP_LEVEL = ("max_tokens", "stop", "ignore_eos")

@@ -1,0 +1,136 @@
+"""The reliability table of issue 12, one test per row, plus threads sharing one Model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import edgegen
+from conftest import RUNTIMES
+from edgegen.core.errors import ConfigError, EdgegenError
+from test_cli_errors import assert_one_line_error, run
+
+
+def tree(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_force_never_replaces_a_users_folder(checkpoints, tmp_path):
+    user = tmp_path / "d"
+    user.mkdir()
+    (user / "notes.txt").write_text("precious")
+    result = run("convert", str(checkpoints("llama")[0]), "-o", str(user), "--force")
+    assert_one_line_error(result, "did not write")
+    assert (user / "notes.txt").read_text() == "precious" and tree(user) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_force_never_replaces_a_file(checkpoints, tmp_path):
+    target = tmp_path / "some_file"
+    target.write_text("mine")
+    assert_one_line_error(run("convert", str(checkpoints("llama")[0]), "-o", str(target), "--force"), "file")
+    assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["some_file"]
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_output_may_not_overlap_the_source(checkpoints, tmp_path, where):
+    src = tmp_path / "ckpt"
+    shutil.copytree(checkpoints("llama")[0], src)
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = {"same": src, "inside": src / "converted", "parent": tmp_path}[where]
+    assert_one_line_error(run("convert", str(src), "-o", str(out), "--force"), "overlaps")
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+
+
+def test_force_replaces_a_previous_output_and_leaves_no_litter(checkpoints, tmp_path):
+    src, out = checkpoints("qwen2")[0], tmp_path / "out"
+    assert run("convert", str(src), "-o", str(out)).returncode == 0
+    (out / "stale.txt").write_text("from an older edgegen")
+    result = run("convert", str(src), "-o", str(out), "--force", "--quant", "q8")
+    assert result.returncode == 0, result.stderr
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "edgegen.json").read_text())["quantization"]["method"] == "q8"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_onto_an_empty_folder(checkpoints, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert run("convert", str(checkpoints("qwen2")[0]), "-o", str(tmp_path / "empty"), "--force").returncode == 0
+    assert (tmp_path / "empty" / "edgegen.json").is_file()
+
+
+def test_failed_replacement_keeps_the_old_output(checkpoints, tmp_path, monkeypatch):
+    from edgegen.converters import convert as convert_module
+
+    src, out = checkpoints("qwen2")[0], tmp_path / "out"
+    convert_module.convert(str(src), out)
+    before = tree(out)
+    monkeypatch.setattr(convert_module, "_manifest", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        convert_module.convert(str(src), out, force=True)
+    assert tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_non_utf8_prompt_is_decoded_with_replacement(converted):
+    result = subprocess.run([sys.executable, "-m", "edgegen", "generate", str(converted("qwen2", "onnx")),
+                             "-p", b"a\xffb", "-m", "3", "--raw"], capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("ids", [[10**6], [-1], [3, 384], [], ["7"], [1.5]])
+def test_token_ids_are_checked_at_the_api(converted, runtime, ids):
+    model = edgegen.load(converted("qwen2", runtime))
+    with pytest.raises(ConfigError):
+        model.logits(ids)
+    with pytest.raises(ConfigError):
+        model.generate(ids, max_tokens=2)
+
+
+def test_prompt_ids_out_of_range_on_the_command_line_are_one_line(converted, tmp_path):
+    code = ("import edgegen, sys\n"
+            "from edgegen.core.errors import EdgegenError\n"
+            f"m = edgegen.load({str(converted('qwen2', 'onnx'))!r})\n"
+            "try:\n    m.logits([10**6])\nexcept EdgegenError as e:\n    print('error:', e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "outside the vocabulary" in result.stdout and result.stderr == ""
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_threads_sharing_one_model_get_sequential_results(converted, runtime):
+    model = edgegen.load(converted("llama", runtime))
+    prompts = [[5 + i, 17, 42 + 3 * i, 99] for i in range(4)]
+    expected = {i: model.generate(p, max_tokens=8, ignore_eos=True).token_ids for i, p in enumerate(prompts)}
+    results: dict[tuple[int, int], list[int]] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for j in range(5):
+                results[i, j] = model.generate(prompts[i], max_tokens=8, ignore_eos=True).token_ids
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert all(results[i, j] == expected[i] for i in range(4) for j in range(5))
+
+
+def test_an_unfinished_stream_in_the_same_thread_is_a_clear_error(converted):
+    model = edgegen.load(converted("qwen2", "onnx"))
+    stream = model.stream("The number", max_tokens=8, ignore_eos=True)
+    next(stream)
+    with pytest.raises(EdgegenError, match="already generating"):
+        model.generate("The", max_tokens=2)
+    stream.close()
+    assert model.generate("The", max_tokens=2, ignore_eos=True).token_ids
