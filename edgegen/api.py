@@ -35,14 +35,19 @@ class Generation:
 
 
 def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
-         threads: int | None = None, runtime: str | None = None) -> "Model":
+         threads: int | None = None, runtime: str | None = None) -> Any:
     """Load a converted folder, or a bundled name / Hugging Face folder / hub repo id (converted
-    once into edgegen's cache for `runtime`). `provider` picks the ONNX Runtime execution provider
+    once into edgegen's cache for `runtime`): a `Model` for language models, an
+    `edgegen.images.ImageModel` for the `var` family. `provider` picks the ONNX Runtime execution provider
     (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
     from edgegen.models import locate
 
     folder = locate(str(model), runtime)
     manifest = Manifest.read(folder)
+    if manifest.family == "var":
+        from edgegen.images import load_image_model
+
+        return load_image_model(folder, manifest, provider, device=device, threads=threads)
     if manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
 

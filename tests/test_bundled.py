@@ -21,10 +21,10 @@ NAMES = ("tiny-chat", "tiny-draft")
 PROSE = "The json module can serialize Python objects to a string, and parse them back."
 
 
-def test_both_models_ship_within_the_size_budget():
+def test_bundled_models_ship_within_the_size_budget():
     assert set(NAMES) <= set(bundled_models())
     size = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
-    assert size <= 40 * 2**20
+    assert size <= 64 * 2**20
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,6 @@ class ConvertOptions:
             raise ConfigError("--group-size only applies to --quant q8 or q4; drop it or choose a quantization")
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
-        if self.runtime == "onnx" and self.dtype != "fp32":
-            raise ConfigError("ONNX models compute in fp32 on the CPU (weights shrink with --quant q8/q4); "
-                              "use --dtype fp32 or --runtime mlx")
         return self
 
     def quantization(self) -> Quantization:
@@ -56,7 +53,16 @@ def convert(src: str, out: str | Path, options: ConvertOptions | None = None, **
     out = check_output(out, force=options.force, sources=[local] if local.exists() else [])
     source = resolve(src, options.revision)
     out = check_output(out, force=options.force, sources=[source.folder])
+    from edgegen.converters import var
+
+    if var.is_var_checkpoint(source.folder):  # visual autoregressive image models: their own writer
+        with atomic_folder(out) as tmp:
+            var.write_var(source, tmp, options)
+        return out
     checkpoint = open_checkpoint(source.folder)
+    if options.runtime == "onnx" and options.dtype != "fp32":
+        raise ConfigError("ONNX models compute in fp32 on the CPU (weights shrink with --quant q8/q4); "
+                          "use --dtype fp32 or --runtime mlx")
     if options.runtime == "onnx" and checkpoint.config.head_dim % 16:
         raise ConfigError(f"head_dim {checkpoint.config.head_dim} is not a multiple of 16, which ONNX Runtime's "
                           "GroupQueryAttention needs; use --runtime mlx")

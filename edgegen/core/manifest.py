@@ -14,6 +14,8 @@ MANIFEST_NAME = "edgegen.json"
 RUNTIMES = ("mlx", "onnx")
 DTYPES = ("fp32", "fp16", "bf16")
 QUANTS = ("none", "q8", "q4")
+FAMILIES = {"ar": "autoregressive LLM", "dllm": "diffusion LLM",
+            "var": "visual autoregressive image model (next-scale prediction)"}
 
 
 @dataclasses.dataclass
@@ -76,7 +78,7 @@ class Manifest:
         src = self.source.get("repo") or self.source.get("path", "?")
         rev = self.source.get("revision") or self.source.get("sha256", "")[:12]
         return [
-            ("family", {"ar": "autoregressive LLM"}.get(self.family, self.family)),
+            ("family", FAMILIES.get(self.family, self.family)),
             ("architecture", self.architecture),
             ("runtime", self.runtime),
             ("dtype", self.dtype),

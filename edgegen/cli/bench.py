@@ -1,0 +1,1 @@
+"""`edgegen bench` (being written)."""

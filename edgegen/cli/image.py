@@ -1,0 +1,1 @@
+"""`edgegen image` (being written)."""

@@ -1,0 +1,1 @@
+"""`edgegen serve` (being written)."""

@@ -1,0 +1,1 @@
+"""`edgegen serve`: an OpenAI-compatible local server (being written)."""
