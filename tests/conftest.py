@@ -23,6 +23,8 @@ def _refuse(*args, **kwargs):
 
 
 _real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_create_connection = socket.create_connection
 
 
 def _guarded_connect(self, address):
@@ -37,6 +39,28 @@ def pytest_configure(config):
     socket.create_connection = _refuse
     os.environ["HF_HUB_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "hf-hub-empty")
     os.environ["EDGEGEN_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "edgegen-cache")
+
+
+def _is_loopback(address) -> bool:
+    return isinstance(address, tuple) and address[0] == "127.0.0.1"
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    """Lets one test connect to 127.0.0.1 (a server it started itself) and nowhere else."""
+
+    def connect(self, address):
+        return _real_connect(self, address) if _is_loopback(address) else _guarded_connect(self, address)
+
+    def connect_ex(self, address):
+        return _real_connect_ex(self, address) if _is_loopback(address) else _guarded_connect(self, address)
+
+    def create_connection(address, *args, **kwargs):
+        return _real_create_connection(address, *args, **kwargs) if _is_loopback(address) else _refuse(None, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
 
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3")

@@ -1,0 +1,99 @@
+"""The chat page in a real browser: headless Chromium (Debian's package, driven by Playwright)
+loads /, sends messages, and the streamed replies appear in the DOM; Stop and Reset work.
+Screenshots are saved as test artefacts in .pytest_cache/artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import edgegen
+from edgegen.server import ThreadedServer, create_app
+from test_server_concurrency import Paced
+
+pytestmark = pytest.mark.usefixtures("loopback")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-proxy-server"]
+TURNS = ["What does json.dumps do?", "And how do I read a file?", "What is a dictionary?"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return edgegen.load("tiny-chat")
+
+
+@pytest.fixture
+def page(model):
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium); the page test needs one")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
+    paced = Paced(model, pause=0.02)  # slow enough to catch a reply mid-stream on any machine
+    with ThreadedServer(create_app(paced, model_id="tiny-chat")) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)  # fresh profile
+        try:
+            tab = browser.new_page(viewport={"width": 1000, "height": 760})
+            tab.goto(url + "/")
+            tab.wait_for_function("document.getElementById('model').textContent.includes('tiny-chat')")
+            yield tab, paced
+        finally:
+            browser.close()
+
+
+def artefact(rootdir: Path, name: str) -> Path:
+    folder = rootdir / ".pytest_cache" / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def send(tab, text: str) -> None:
+    tab.fill("#prompt", text)
+    tab.press("#prompt", "Enter")
+
+
+def replies(tab) -> list[str]:
+    return [node.text_content() for node in tab.query_selector_all(".msg.assistant .content")]
+
+
+def test_the_page_streams_a_conversation(page, model, request):
+    tab, _ = page
+    messages = []
+    for turn, text in enumerate(TURNS):
+        send(tab, text)
+        if turn == len(TURNS) - 1:  # catch the last reply while it streams: the screenshot of the issue
+            tab.wait_for_selector(f".msg.assistant:nth-of-type({2 * turn + 2})[data-chunks]")
+            tab.screenshot(path=artefact(request.config.rootpath, "page-mid-conversation.png"))
+        done = tab.wait_for_selector(f".msg.assistant:nth-of-type({2 * turn + 2})[data-done]")
+        messages.append({"role": "user", "content": text})
+        expected = model.chat(messages).text  # the page sends the server's defaults: greedy, 256 tokens
+        assert replies(tab)[-1] == expected and expected
+        assert int(done.get_attribute("data-chunks")) > 1  # it arrived piece by piece
+        assert "tok/s" in done.query_selector(".stats").text_content()
+        messages.append({"role": "assistant", "content": expected})
+    stats = tab.query_selector_all(".msg.assistant .stats")[-1].text_content()
+    assert "cached" in stats and " 0 cached" not in stats  # later turns reuse the KV cache
+    tab.screenshot(path=artefact(request.config.rootpath, "page-conversation.png"))
+
+
+def test_stop_keeps_the_partial_reply_and_reset_clears(page, model):
+    tab, paced = page
+    tab.click("#settings summary")
+    tab.fill("#max-tokens", "400")
+    tab.fill("#system", "Answer at length.")
+    paced.pause = 0.05
+    send(tab, TURNS[0])
+    tab.wait_for_selector(".msg.assistant[data-chunks]")
+    tab.click("#send")  # the Send button reads Stop while a reply streams
+    done = tab.wait_for_selector(".msg.assistant[data-done]")
+    assert "stopped" in done.query_selector(".stats").text_content()
+    assert tab.text_content("#send") == "Send"
+    tab.click("#reset")
+    assert tab.query_selector_all(".msg") == [] and tab.is_visible("#empty")
+    paced.pause = 0.0
+    send(tab, TURNS[1])
+    tab.wait_for_selector(".msg.assistant[data-done]")
+    assert replies(tab) == [model.chat([{"role": "system", "content": "Answer at length."},
+                                        {"role": "user", "content": TURNS[1]}], max_tokens=400).text]
