@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import edgegen
 from edgegen.cli import main
+from edgegen.core.options import GenerateOptions
 from edgegen.server import ThreadedServer, create_app
 
 pytestmark = pytest.mark.usefixtures("loopback")
@@ -137,6 +138,24 @@ def test_edgegen_options_ride_as_extra_fields(client):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
                                        extra_body={"top_k": -1})
     assert err.value.body["param"] == "top_k"
+
+
+@pytest.mark.skipif("draft" not in GenerateOptions.keys(), reason="this build has no speculative decoding")
+def test_speculative_decoding_and_kv_bits_through_the_server(client):
+    def ask(**extra):
+        return client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}],
+                                              max_tokens=24, extra_body=extra)
+
+    plain = ask()
+    lookup = ask(draft="prompt-lookup", num_draft=3)
+    assert lookup.choices[0].message.content == plain.choices[0].message.content  # lossless
+    assert lookup.model_extra["timing"]["strategy"] == "speculative"
+    if "kv_bits" in GenerateOptions.keys():
+        assert ask(kv_bits=8).choices[0].message.content
+    for chosen_by_client in ("/etc", "some-org/some-model"):
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(draft=chosen_by_client)
+        assert err.value.body["param"] == "draft" and "edgegen serve --draft" in err.value.body["message"]
 
 
 def test_models_health_and_the_page(client, server):

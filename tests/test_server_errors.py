@@ -81,6 +81,13 @@ def test_bad_request_gets_a_json_error_then_the_server_goes_on(http, case):
     assert after.status_code == 200 and after.json()["choices"][0]["finish_reason"]
 
 
+@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_bodies_a_web_page_could_send_cross_site_are_refused(http, kind):
+    response = http.post(DONE, content=raw({"prompt": "x"}), headers={"Content-Type": kind})
+    assert response.status_code == 415 and "application/json" in response.json()["error"]["message"]
+    assert http.post(DONE, content=raw({"prompt": "x", "max_tokens": 2})).status_code == 200  # no type: fine
+
+
 def test_context_overflow_names_openais_code(http):
     error = http.post(DONE, json={"prompt": [7] * 2000}).json()["error"]
     assert error["code"] == "context_length_exceeded" and "1024" in error["message"]

@@ -37,6 +37,8 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, max_queu
 
     sock = bind(host, port)  # before loading: a taken port fails fast
     llm = load_model(model, flags)
+    llm.generate(llm.tokenizer.encode("hi") or [0], defaults, max_tokens=1)  # warm up; a bad --draft fails now
+    llm.reset()
     app = create_app(llm, model_id=model or DEFAULT_MODEL, defaults=defaults, api_key=api_key,
                      max_queue=max_queue)
     url = url_of(sock).replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")

@@ -27,6 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from edgegen.core import options as core_options
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.options import GenerateOptions
 from edgegen.core.stats import GenerationStats
@@ -46,6 +47,17 @@ class Service:
         self.model, self.model_id, self.defaults, self.max_body = model, model_id, defaults, max_body
         self.context_length = int(model.manifest.context_length)
         self.worker = Worker(max_queue)
+        own = _draft_of(defaults)
+        self.drafts = set(getattr(core_options, "DRAFT_KINDS", ())) | ({own} if own else set())
+
+    def check(self, request: Request) -> None:
+        """What a request may not choose on its own: a draft model by name or path (that would let
+        any client make the server load, convert or download models); the server's own draft
+        (`edgegen serve --draft`), prompt-lookup and q4/q8 copies of the served model are fine."""
+        draft = _draft_of(request.options)
+        if draft is not None and draft not in self.drafts:
+            raise bad(f"draft {draft!r} is not offered by this server; ask for one of "
+                      f"{', '.join(sorted(self.drafts))}, or start it with `edgegen serve --draft MODEL`", "draft")
 
     def encode(self, request: Request) -> list[int]:
         """The prompt's token ids, rendered the same way every turn so the KV cache prefix is reused."""
@@ -72,6 +84,10 @@ class Service:
         return {"id": self.model_id, "object": "model", "created": 0, "owned_by": "edgegen",
                 "runtime": manifest.runtime, "architecture": manifest.architecture,
                 "quantization": manifest.quantization.method, "context_length": self.context_length}
+
+
+def _draft_of(options: GenerateOptions) -> str | None:
+    return getattr(getattr(options, "speculative", None), "draft", None)
 
 
 def create_app(model: Any, *, model_id: str = "edgegen", defaults: GenerateOptions | None = None,
@@ -137,6 +153,7 @@ async def _generate(http: HttpRequest, *, chat: bool) -> Response:
     service: Service = http.app.state.service
     try:
         request = parse_request(await read_json(http, service.max_body), chat=chat, defaults=service.defaults)
+        service.check(request)
         ids = await run_in_threadpool(service.encode, request)
         job = _submit(service, request, ids)
     except ApiError as exc:
@@ -181,7 +198,13 @@ def _warning(ignored: list[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- bodies and streams
 async def read_json(request: HttpRequest, limit: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (checked before and while reading), 400 if not JSON."""
+    """The body as JSON; 413 past `limit` bytes (checked before and while reading), 400 if not JSON.
+    A body a browser may send across sites without asking (form or plain-text types) gets 415, so
+    that no web page can make this server generate."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json' (got {kind!r})",
+                       code="unsupported_media_type")
     too_big = ApiError(413, f"the request body is over the server's limit of {limit} bytes",
                        code="request_too_large")
     declared = request.headers.get("content-length", "")
