@@ -1,11 +1,162 @@
-"""The Python API of image models (the `var` family): `edgegen.load(path)` returns an `ImageModel`."""
+"""The Python API of image models (the `var` family): `edgegen.load(path)` returns an `ImageModel`.
+
+    model = edgegen.load("tiny-var")
+    result = model.generate(3, n=4, cfg=4, seed=0)   # 4 images of class 3
+    result.images                                    # (4, 32, 32, 3) uint8
+    result.pil()[0].save("three.png")                # or edgegen.images.save_png(...)
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgegen.archs import _var as arch
+from edgegen.core.errors import ConfigError
+from edgegen.core.manifest import Manifest
+from edgegen.decoding.next_scale import OnScale, ScaleSampling, ScaleTiming, generate_scales
+
+__all__ = ["ImageGeneration", "ImageModel", "ScaleSampling", "load_image_model", "save_png", "is_edgegen_png"]
+
+SOFTWARE = "edgegen"  # the PNG tEXt "Software" value that marks files edgegen wrote
+
+
+@dataclasses.dataclass
+class ImageGeneration:
+    images: np.ndarray  # (n, H, W, 3) uint8
+    class_ids: list[int]
+    tokens: list[np.ndarray]  # per scale, (n, side²)
+    timing: ScaleTiming
+    sampling: ScaleSampling
+
+    def pil(self) -> list[Any]:
+        """The images as PIL images (RGB)."""
+        from PIL import Image
+
+        return [Image.fromarray(image, "RGB") for image in self.images]
+
+    def stats(self) -> dict[str, Any]:
+        n = len(self.class_ids)
+        t = self.timing
+        return {"images": n, "transformer_s": round(t.transformer, 4), "decoder_s": round(t.decoder, 4),
+                "total_s": round(t.total, 4), "seconds_per_image": round(t.total / n, 4),
+                "scales_s": [round(s, 4) for s in t.scales]}
+
+
+class ImageModel:
+    """A converted class-conditional image model. Calls are serialized by a lock (one runtime
+    session, reused), so one instance may be shared between threads."""
+
+    def __init__(self, scale_ar: Any, manifest: Manifest, folder: Path | None = None):
+        self.model, self.manifest, self.folder = scale_ar, manifest, folder
+        self.config = scale_ar.config
+        self.class_names: list[str] = list(manifest.config.get("class_names") or [])
+        self._lock = threading.Lock()
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    def class_id(self, label: int | str) -> int:
+        """A class id from an id or a class name."""
+        if isinstance(label, str) and not label.lstrip("-").isdigit():
+            if label in self.class_names:
+                return self.class_names.index(label)
+            raise ConfigError(f"unknown class {label!r}; give an id in 0..{self.num_classes - 1}"
+                              + (f" or one of {', '.join(self.class_names[:12])}" if self.class_names else ""))
+        value = int(label)
+        if not 0 <= value < self.num_classes:
+            raise ConfigError(f"class {value} is out of range; this model has classes 0..{self.num_classes - 1}")
+        return value
+
+    def generate(self, classes: int | str | Sequence[int | str], *, n: int = 1, cfg: float = 4.0, top_k: int = 900,
+                 top_p: float = 0.95, seed: int | None = None, on_scale: OnScale | None = None) -> ImageGeneration:
+        """`n` images of each class in `classes` (ids or names), in one batch."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be a positive number of images, not {n!r}")
+        labels = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
+        ids = [self.class_id(label) for label in labels for _ in range(n)]
+        sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), seed=seed).validated()
+        timing = ScaleTiming()
+        with self._lock:
+            images, tokens = generate_scales(self.model, ids, sampling, on_scale, timing)
+        pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+        return ImageGeneration(pixels, ids, tokens, timing, sampling)
+
+    def generate_tokens(self, classes: Sequence[int], tokens: Sequence[np.ndarray], cfg: float = 4.0):
+        """Run the scales with the given tokens (no sampling): (guided logits per scale, images in
+        [0, 1] float32). For tests and tools that compare runtimes token for token."""
+        from edgegen.decoding.next_scale import guidance, mix
+
+        with self._lock:
+            run = self.model.start(list(classes), cfg > 0)
+            K, logits = len(self.model.patch_nums), []
+            for k in range(K):
+                raw = run.logits()
+                logits.append(mix(raw, guidance(k, K, cfg)) if cfg > 0 else raw)
+                run.push(tokens[k])
+            return logits, run.image()
 
 
 def load_image_model(folder: Path, manifest: Any, provider: str | None = None, *, device: str | None = None,
-                     threads: int | None = None) -> Any:
-    raise NotImplementedError
+                     threads: int | None = None) -> ImageModel:
+    from edgegen.runtimes._var import VarModel, load_host
+
+    config = arch.config_from_dict(manifest.config)
+    if manifest.runtime == "onnx":
+        from edgegen.runtimes.onnx.var import OnnxVarEngine
+
+        engine: Any = OnnxVarEngine(folder, config, manifest.files, provider, threads)
+    elif manifest.runtime == "mlx":
+        from edgegen.runtimes.mlx.var import MLXVarEngine
+
+        engine = MLXVarEngine(folder, config, manifest.dtype, manifest.quantization, device)
+    else:
+        raise ConfigError(f"{folder} targets runtime {manifest.runtime!r}, which this edgegen cannot run")
+    return ImageModel(VarModel(config, load_host(folder), engine), manifest, folder)
+
+
+# --------------------------------------------------------------------------- PNG files
+def is_edgegen_png(path: Path) -> bool:
+    """A PNG whose tEXt chunk says edgegen wrote it (what `--force` may replace)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Software") == SOFTWARE
+    except Exception:  # not an image, unreadable, truncated: not ours
+        return False
+
+
+def save_png(image: np.ndarray, out: Path, description: str = "") -> None:
+    """Write (H, W, 3) uint8 as a PNG marked as edgegen's, atomically (a temporary file renamed)."""
+    from PIL import Image, PngImagePlugin
+
+    from edgegen.core.outputs import atomic_file
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    if description:
+        info.add_text("Description", description)
+    with atomic_file(Path(out)) as tmp:
+        Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format="PNG", pnginfo=info)
+
+
+def grid(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
+    """(n, H, W, 3) → one (rows·H, columns·W, 3) uint8 image, white gaps between cells."""
+    n, H, W, _ = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    out = np.full((rows * H + (rows - 1) * gap, columns * W + (columns - 1) * gap, 3), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (H + gap): r * (H + gap) + H, c * (W + gap): c * (W + gap) + W] = image
+    return out

@@ -1,0 +1,112 @@
+"""Write the ONNX side of a VAR model: three graphs with external data, optionally with weights
+stored as fp16 (computed in fp32) or quantized.
+
+Quantization (`--quant q8 | q4`): the transformer's and the conditioning's MatMuls become
+MatMulNBits (block-wise symmetric int8/int4 weights, int8 activations on the CPU); the logits head
+stays fp32 as upstream keeps it. With q8 the decoder's convolutions become int8 too (dynamic
+ConvInteger), which is where most of its time goes; with q4 the decoder stays fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgegen.archs import _var as arch
+from edgegen.converters.var import onnx_graphs
+from edgegen.core.manifest import Quantization
+
+GRAPHS = {"cond": "var_cond.onnx", "step": "var_step.onnx", "decoder": "var_decoder.onnx"}
+ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits: the VNNI / SDOT kernels
+
+
+def export_onnx(c: arch.VARConfig, var: dict[str, np.ndarray], vae: dict[str, np.ndarray], out: Path,
+                dtype: str, quant: Quantization, on_stage: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+    files: dict[str, str] = {}
+    builders = {"cond": (onnx_graphs.build_cond, var), "step": (onnx_graphs.build_step, var),
+                "decoder": (onnx_graphs.build_decoder, vae)}
+    for role, (build, weights) in builders.items():
+        on_stage(f"building {role} graph")
+        proto = ir.serde.serialize_model(build(c, weights))
+        if quant.bits and role != "decoder":
+            on_stage(f"quantizing {role} to {quant.method}")
+            proto = quantize_matmuls(proto, quant)
+        elif quant.bits == 8 and role == "decoder":
+            on_stage("quantizing decoder convolutions to int8")
+            proto = quantize_convs(proto)
+        if dtype == "fp16":
+            proto = store_fp16(proto)
+        name = GRAPHS[role]
+        onnx.save_model(proto, str(out / name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=name + ".data", size_threshold=1024)
+        files[role] = name
+    return files
+
+
+def _quiet(run: Callable[[], None]) -> None:
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.WARNING)  # the quantizers log every node at INFO
+    try:
+        with warnings.catch_warnings():  # all-zero blocks divide 0 by 0, then get 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            run()
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def quantize_matmuls(proto: onnx.ModelProto, quant: Quantization) -> onnx.ModelProto:
+    """Block-wise MatMulNBits for every weight MatMul but the logits head."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    exclude = [n.name for n in proto.graph.node if n.name.startswith("/head/")]
+    config = DefaultWeightOnlyQuantConfig(block_size=quant.group_size, is_symmetric=True, bits=quant.bits,
+                                          accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(proto, bits=quant.bits, block_size=quant.group_size, is_symmetric=True,
+                                     accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=exclude, algo_config=config,
+                                     op_types_to_quantize=("MatMul",))
+    _quiet(quantizer.process)
+    return quantizer.model.model
+
+
+def quantize_convs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Dynamic int8 convolutions (per-tensor uint8 activations, int8 weights)."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save_model(proto, str(src))
+        _quiet(lambda: quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Conv"],
+                                        weight_type=QuantType.QInt8, per_channel=False))
+        return onnx.load_model(str(dst))
+
+
+def store_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Large float initializers stored as fp16 and cast back to fp32 at load (ONNX Runtime folds the
+    casts when it builds the session): half the file size, fp32 arithmetic."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or np.prod(init.dims) < 1024:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "/fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                      name=f"{init.name}/Cast"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return proto
