@@ -8,7 +8,9 @@ flag to ignore EOS) against `edgegen serve` in another child process, driven ove
 plain httpx client, streamed and not. Same chat-templated prompt, greedy, EOS ignored so that every
 run decodes exactly --tokens. Runs alternate between the paths (median of --repeats) so that a
 noisy machine hurts them alike. Reported: decode tok/s as each path measures it, the client's own
-figure for the stream (first to last chunk as received), and the difference per token.
+figure for the stream (first to last chunk as received), and the difference per token. Last, the
+server's own cost per token with no model behind it (a stand-in that yields pieces instantly),
+which the model-bound figures above can hide in a noisy machine's variance.
 """
 
 from __future__ import annotations
@@ -70,6 +72,43 @@ def through_server(http, tokens: int, stream: bool) -> tuple[float, float]:
     return timing["decode_tokens_per_s"], client_rate
 
 
+class Instant:
+    """A stand-in model that yields its pieces with no work: what is left is the server."""
+
+    def __init__(self, model):
+        self.tokenizer, self.manifest = model.tokenizer, model.manifest
+
+    def stream(self, ids, options, stats):
+        def pieces():
+            start = time.perf_counter()
+            for i in range(options.max_tokens):
+                stats.generated_tokens = i + 1
+                yield "word "
+            stats.decode_seconds, stats.finish_reason = time.perf_counter() - start, "length"
+
+        return pieces()
+
+
+def pipeline_cost(model_name: str, runtime: str | None, tokens: int = 5000) -> dict[str, float]:
+    """µs per token of the server alone (worker hand-off, JSON, SSE, loopback and the client)."""
+    import httpx
+
+    import edgegen
+    from edgegen.server import ThreadedServer, create_app
+
+    out = {}
+    model = edgegen.load(model_name, runtime=runtime)
+    with ThreadedServer(create_app(Instant(model))) as url, httpx.Client(base_url=url, trust_env=False) as http:
+        for stream in (False, True) * 2:  # the second round counts
+            start = time.perf_counter()
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens, "stream": stream}
+            with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                for _ in response.iter_lines():
+                    pass
+            out["streaming" if stream else "non-streaming"] = (time.perf_counter() - start) / tokens * 1e6
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default="tiny-chat")
@@ -98,6 +137,9 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=60)
     report(args, {k: statistics.median(v) for k, v in runs.items()})
+    cost = pipeline_cost(args.model, args.runtime)
+    print(f"\nthe server alone (no model; client in the same process): "
+          + ", ".join(f"{k} {v:.0f} µs/token" for k, v in cost.items()))
 
 
 def report(args: argparse.Namespace, median: dict[str, float]) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 import edgegen
 from edgegen.server import ThreadedServer, create_app
-from test_server_concurrency import Paced
+from test_server_concurrency import Paced, wait_for
 
 pytestmark = pytest.mark.usefixtures("loopback")
 
@@ -32,7 +32,9 @@ def page(model):
         pytest.skip("no Chromium installed (Debian: apt-get install chromium); the page test needs one")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
     paced = Paced(model, pause=0.02)  # slow enough to catch a reply mid-stream on any machine
-    with ThreadedServer(create_app(paced, model_id="tiny-chat")) as url, sync_api.sync_playwright() as pw:
+    app = create_app(paced, model_id="tiny-chat")
+    paced.history = app.state.service.worker.history
+    with ThreadedServer(app) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)  # fresh profile
         try:
             tab = browser.new_page(viewport={"width": 1000, "height": 760})
@@ -90,6 +92,8 @@ def test_stop_keeps_the_partial_reply_and_reset_clears(page, model):
     done = tab.wait_for_selector(".msg.assistant[data-done]")
     assert "stopped" in done.query_selector(".stats").text_content()
     assert tab.text_content("#send") == "Send"
+    wait_for(lambda: len(paced.history) == 1)
+    assert paced.history[0]["finish_reason"] == "interrupted"  # Stop ended the generation on the server
     tab.click("#reset")
     assert tab.query_selector_all(".msg") == [] and tab.is_visible("#empty")
     paced.pause = 0.0
