@@ -5,6 +5,7 @@ full queue answers 429."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
 import time
 
@@ -131,3 +132,20 @@ def test_a_full_queue_answers_429_and_the_queued_requests_still_complete(model):
         texts = ["".join(c.choices[0].text for c in stream) for stream in (first, second)]
         assert texts == expected
         assert client.completions.create(model="m", prompt="The json", max_tokens=12).choices[0].text == expected[0]
+
+
+def test_shutting_down_ends_open_streams_at_once(model):
+    paced = Paced(model, pause=0.01)
+    app = create_app(paced, model_id="tiny-chat")
+    server = ThreadedServer(app)
+    url = server.__enter__()
+    body = {"prompt": "The", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.Client(base_url=url, trust_env=False, timeout=120) as http, \
+            http.stream("POST", "/v1/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: {"))
+        server.__exit__(None, None, None)  # returns once the open stream has ended
+        rest = [line[6:] for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "[DONE]" and json.loads(rest[-2])["error"]["code"] == "shutting_down"
+    left = app.state.service.worker.history[0]
+    assert left["finish_reason"] == "interrupted" and left["generated_tokens"] < 1000

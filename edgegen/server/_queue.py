@@ -29,6 +29,10 @@ class QueueFull(ApiError):
                          type="rate_limit_error", code="queue_full")
 
 
+def closing() -> ApiError:
+    return ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
+
+
 class Job:
     """A generation waiting for, or running on, the worker; its events go to one event loop."""
 
@@ -68,6 +72,7 @@ class Worker:
         self.max_queue = max_queue
         self.pending = 0  # jobs submitted and not finished: the running one and those waiting
         self.current: Job | None = None
+        self.closed = False
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._count = threading.Lock()
@@ -76,6 +81,8 @@ class Worker:
 
     def submit(self, job: Job) -> None:
         with self._count:
+            if self.closed:
+                raise closing()
             if self.pending > self.max_queue:
                 raise QueueFull(self.max_queue)
             self.pending += 1
@@ -85,12 +92,20 @@ class Worker:
         running = int(self.current is not None)
         return {"running": running, "waiting": max(self.pending - running, 0), "max_waiting": self.max_queue}
 
-    def stop(self) -> None:
-        """Stop the running job after its current token, refuse the waiting ones, end the thread."""
+    def close(self) -> None:
+        """Take no more jobs: the running one ends after its current token, it and the waiting ones
+        are answered 503 (so that open streams end at once when the server shuts down)."""
+        with self._count:
+            if self.closed:
+                return
+            self.closed = True
         current = self.current
         if current is not None:
             current.cancel()
         self._jobs.put(None)
+
+    def stop(self) -> None:
+        self.close()
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
@@ -115,7 +130,7 @@ class Worker:
         try:
             for piece in _until_cancelled(stream, job):
                 job.emit("piece", piece)
-            job.emit("done")
+            job.emit(*(("error", closing()) if self.closed else ("done",)))
         except EdgegenError as exc:
             status = 400 if isinstance(exc, (ConfigError, ContextOverflow)) else 500
             job.emit("error", ApiError(status, str(exc), type="invalid_request_error" if status == 400
@@ -137,7 +152,7 @@ class Worker:
                 return
             if job is not None:
                 job.cancel()
-                job.emit("error", ApiError(503, "the server is shutting down", type="server_error"))
+                job.emit("error", closing())
 
 
 def _until_cancelled(stream: Iterator[str], job: Job) -> Iterator[str]:

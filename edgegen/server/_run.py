@@ -42,8 +42,17 @@ def url_of(sock: socket.socket) -> str:
 def _server(app: Any, log_level: str) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, ws="none", lifespan="on", timeout_graceful_shutdown=3)
-    return uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            """End the running generation and refuse the queued ones first, so that open streams
+            close at once (with an error event) instead of holding the shutdown."""
+            service = getattr(getattr(app, "state", None), "service", None)
+            if service is not None:
+                service.worker.close()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, log_level=log_level, ws="none", lifespan="on", timeout_graceful_shutdown=5)
+    return Server(config)
 
 
 def run(app: Any, sock: socket.socket, log_level: str = "info") -> None:
