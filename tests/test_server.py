@@ -221,3 +221,19 @@ def test_serve_warns_when_listening_beyond_loopback(monkeypatch):
     assert result.exit_code == 0, result.output
     assert "warning: --host 0.0.0.0 lets anyone" in result.stderr and "--api-key" in result.stderr
     assert served and "chat page: http://127.0.0.1:" in result.stderr
+
+
+def test_cross_origin_pages_only_where_allowed(model, server):
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}
+    with httpx.Client(base_url=server, trust_env=False) as http:
+        denied = http.options("/v1/chat/completions", headers=preflight)
+        assert "access-control-allow-origin" not in denied.headers
+    app = create_app(model, model_id="tiny-chat", api_key="k", cors_origins=["http://localhost:3000"])
+    with ThreadedServer(app) as url, httpx.Client(base_url=url, trust_env=False) as http:
+        allowed = http.options("/v1/chat/completions", headers=preflight)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+        reply = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2},
+                          headers={"Origin": "http://localhost:3000", "Authorization": "Bearer k"})
+        assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == "http://localhost:3000"

@@ -20,11 +20,13 @@ from edgegen.core.errors import ConfigError
               help="Require 'Authorization: Bearer KEY' on the API (also read from EDGEGEN_API_KEY).")
 @click.option("--max-queue", default=16, show_default=True, type=click.IntRange(0, 10_000),
               help="Requests that may wait behind the running one; more get HTTP 429.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let pages from ORIGIN (e.g. http://localhost:3000, or *) call the API (repeatable).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @decoding_options
-def serve(model: str | None, host: str, port: int, api_key: str | None, max_queue: int, log_level: str,
-          **opts: Any) -> None:
+def serve(model: str | None, host: str, port: int, api_key: str | None, max_queue: int,
+          cors_origins: tuple[str, ...], log_level: str, **opts: Any) -> None:
     """Serve MODEL (default: the bundled tiny-chat) over an OpenAI-compatible HTTP API, with a chat
     page at /. The sampling options set each request's defaults; a request's own fields win."""
     defaults, flags = split_options(opts)
@@ -40,7 +42,7 @@ def serve(model: str | None, host: str, port: int, api_key: str | None, max_queu
     llm.generate(llm.tokenizer.encode("hi") or [0], defaults, max_tokens=1)  # warm up; a bad --draft fails now
     llm.reset()
     app = create_app(llm, model_id=model or DEFAULT_MODEL, defaults=defaults, api_key=api_key,
-                     max_queue=max_queue)
+                     max_queue=max_queue, cors_origins=cors_origins)
     url = url_of(sock).replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
     if host not in LOOPBACK:
         click.echo(f"edgegen: warning: --host {host} lets anyone who can reach this machine use the model"

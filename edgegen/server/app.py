@@ -16,12 +16,13 @@ import hmac
 import json
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request as HttpRequest
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -91,10 +92,12 @@ def _draft_of(options: GenerateOptions) -> str | None:
 
 
 def create_app(model: Any, *, model_id: str = "edgegen", defaults: GenerateOptions | None = None,
-               api_key: str | None = None, max_queue: int = 16, max_body: int = MAX_BODY) -> Starlette:
+               api_key: str | None = None, max_queue: int = 16, max_body: int = MAX_BODY,
+               cors_origins: Sequence[str] = ()) -> Starlette:
     """The server for one loaded `Model`. `defaults` are the options a request starts from (its
     own fields override them); `max_queue` requests may wait behind the running one (429 past
-    that); bodies over `max_body` bytes get 413."""
+    that); bodies over `max_body` bytes get 413. Pages from `cors_origins` ("*": any) may call
+    the API from a browser; by default only the server's own page can."""
     service = Service(model, model_id, defaults or GenerateOptions(), max_queue, max_body)
 
     @contextlib.asynccontextmanager
@@ -116,6 +119,9 @@ def create_app(model: Any, *, model_id: str = "edgegen", defaults: GenerateOptio
     app.state.service = service
     if api_key:
         app.add_middleware(RequireKey, key=api_key)
+    if cors_origins:  # outside the key check: a browser's preflight carries no key
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Edgegen-Warning"])
     return app
 
 
