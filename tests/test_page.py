@@ -4,6 +4,7 @@ Screenshots are saved as test artefacts in .pytest_cache/artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -26,23 +27,30 @@ def model():
     return edgegen.load("tiny-chat")
 
 
-@pytest.fixture
-def page(model):
+@contextlib.contextmanager
+def opened(url: str):
+    """A headless Chromium tab on the page at `url`."""
     if CHROMIUM is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium); the page test needs one")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
-    paced = Paced(model, pause=0.02)  # slow enough to catch a reply mid-stream on any machine
-    app = create_app(paced, model_id="tiny-chat")
-    paced.history = app.state.service.worker.history
-    with ThreadedServer(app) as url, sync_api.sync_playwright() as pw:
+    with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)  # fresh profile
         try:
             tab = browser.new_page(viewport={"width": 1000, "height": 760})
             tab.goto(url + "/")
-            tab.wait_for_function("document.getElementById('model').textContent.includes('tiny-chat')")
-            yield tab, paced
+            yield tab
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(model):
+    paced = Paced(model, pause=0.02)  # slow enough to catch a reply mid-stream on any machine
+    app = create_app(paced, model_id="tiny-chat")
+    paced.history = app.state.service.worker.history
+    with ThreadedServer(app) as url, opened(url) as tab:
+        tab.wait_for_function("document.getElementById('model').textContent.includes('tiny-chat')")
+        yield tab, paced
 
 
 def artefact(rootdir: Path, name: str) -> Path:
@@ -101,3 +109,15 @@ def test_stop_keeps_the_partial_reply_and_reset_clears(page, model):
     tab.wait_for_selector(".msg.assistant[data-done]")
     assert replies(tab) == [model.chat([{"role": "system", "content": "Answer at length."},
                                         {"role": "user", "content": TURNS[1]}], max_tokens=400).text]
+
+
+def test_a_keyed_server_asks_the_page_for_its_key(model):
+    with ThreadedServer(create_app(model, model_id="tiny-chat", api_key="k3y")) as url, opened(url) as tab:
+        tab.wait_for_function("document.getElementById('model').textContent.includes('unavailable')")
+        assert tab.is_visible("#api-key")  # the page itself needed no key; the API's 401 opened the settings
+        tab.fill("#api-key", "k3y")
+        tab.dispatch_event("#api-key", "change")
+        tab.wait_for_function("document.getElementById('model').textContent.startsWith('tiny-chat')")
+        send(tab, TURNS[0])
+        tab.wait_for_selector(".msg.assistant[data-done]")
+        assert replies(tab) == [model.chat([{"role": "user", "content": TURNS[0]}]).text]
