@@ -76,7 +76,25 @@ def time_stream(stream: Iterator[int], prompt_len: int, new_tokens: int) -> RunS
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux's VmHWM starts afresh at exec; ru_maxrss does not (a child
+    started from a large parent reports the parent's peak), so it is only the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def ensure_checkpoint_in_child() -> Path:
+    """Build (or find) the benchmark checkpoint in a child process, so that building it (torch and a
+    0.5B model in memory) never inflates the parent, or the peaks its children report."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from _checkpoint import ensure_checkpoint; print(ensure_checkpoint())"
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent)], check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
 
 
 def summarize(runs: list[RunStats]) -> dict:

@@ -21,8 +21,8 @@ import traceback
 from pathlib import Path
 
 from _checkpoint import ensure_checkpoint, prompt_ids
-from _common import (EngineUnavailable, OthersCpu, build_seconds, dir_mb, log, peak_rss_mb,
-                     summarize, wait_for_quiet)
+from _common import (EngineUnavailable, OthersCpu, build_seconds, dir_mb, ensure_checkpoint_in_child, log,
+                     peak_rss_mb, summarize, wait_for_quiet)
 from _engines import BASELINE, DEFAULT_ENGINES, ENGINES
 from _report import metadata, render, write_json
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine:
         return child_main(args)
     t0 = time.perf_counter()
-    ckpt = ensure_checkpoint()
+    ckpt = ensure_checkpoint_in_child()
     results = {}
     for name in [e for e in args.engines.split(",") if e]:
         results[name] = bench_engine(name, args)

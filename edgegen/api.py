@@ -7,6 +7,7 @@ cache and the runtime session, so concurrent calls give the results sequential c
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
 import sys
 import threading
@@ -17,14 +18,23 @@ import numpy as np
 
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
+from edgegen.core.outputs import atomic_file
 from edgegen.core.options import GenerateOptions
-from edgegen.core.protocols import LanguageModel
+from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
+from edgegen.decoding import speculative
 from edgegen.decoding.autoregressive import Session, generate
+from edgegen.decoding.draft_length import DraftLength
+from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
+from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
-from edgegen.tokenizer import StreamDecoder, Tokenizer
+from edgegen.models import source_path
+from edgegen.tokenizer import StreamDecoder, Tokenizer, has_tokenizer
 
 __all__ = ["Generation", "GenerationStats", "GenerateOptions", "Model", "load"]
+
+KV_AUTO_FILE = "kv_auto.json"
+KV_AUTO_TOKENS = 512
 
 
 @dataclasses.dataclass
@@ -35,14 +45,15 @@ class Generation:
 
 
 def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
-         threads: int | None = None, runtime: str | None = None) -> Any:
+         threads: int | None = None, runtime: str | None = None, quant: str = "none") -> Any:
     """Load a converted folder, or a bundled name / Hugging Face folder / hub repo id (converted
     once into edgegen's cache for `runtime`): a `Model` for language models, an
-    `edgegen.images.ImageModel` for the `var` family. `provider` picks the ONNX Runtime execution provider
+    `edgegen.images.ImageModel` for the `var` family (`quant`: q8/q4 weights for such a conversion).
+    `provider` picks the ONNX Runtime execution provider
     (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
     from edgegen.models import locate
 
-    folder = locate(str(model), runtime)
+    folder = locate(str(model), runtime, quant)
     manifest = Manifest.read(folder)
     if manifest.family == "var":
         from edgegen.images import load_image_model
@@ -58,7 +69,9 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
         backend = MLXLanguageModel(folder, manifest, device)
     else:
         raise ConfigError(f"{folder} targets runtime {manifest.runtime!r}, which this edgegen cannot run")
-    return Model(backend, Tokenizer(folder), manifest, folder)
+    model = Model(backend, Tokenizer(folder), manifest, folder)
+    model.load_options = {"provider": provider, "device": device, "threads": threads}
+    return model
 
 
 def peak_rss_mb() -> float:
@@ -73,7 +86,9 @@ class Model:
     def __init__(self, backend: LanguageModel, tokenizer: Tokenizer, manifest: Manifest,
                  folder: Path | None = None):
         self.backend, self.tokenizer, self.manifest, self.folder = backend, tokenizer, manifest, folder
+        self.load_options: dict[str, Any] = {}
         self.session = Session(backend)
+        self._drafts = _Drafts(self)
         self._lock = threading.Lock()
         self._owner: int | None = None
 
@@ -85,8 +100,12 @@ class Model:
             return Session(self.backend).feed(ids, last_only=False)
 
     def reset(self) -> None:
+        """Forget the conversation: the KV cache, and the draft model's cache if there is one."""
         with self._locked():
             self.session.reset()
+            for drafter in self._drafts.cache.values():
+                if hasattr(drafter, "session"):
+                    drafter.session.reset()
 
     def generate(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
                  **kwargs: Any) -> Generation:
@@ -128,9 +147,7 @@ class Model:
                     token_sink: list[int] | None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
         text = _StopText(list(options.stop))
-        stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
-        tokens = generate(self.session, ids, Sampler(options.sampling), max_tokens=options.max_tokens,
-                          stop_ids=stop_ids, stats=stats, should_stop=lambda _: text.hit)
+        tokens = self._tokens(ids, options, stats, lambda _: text.hit)
         try:
             for token in tokens:
                 if token_sink is not None:
@@ -144,6 +161,62 @@ class Model:
         finally:
             tokens.close()
             stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+
+    def _tokens(self, ids: list[int], options: GenerateOptions, stats: GenerationStats, should_stop) -> Iterator[int]:
+        """The token stream of the strategy `options` ask for, over the kept (prefix-reusing) cache."""
+        kv = self._kv_spec(options)
+        if self.session.kv != kv:
+            self.session = Session(self.backend, kv)  # another cache precision: the old cache goes
+        sampler = Sampler(options.sampling)
+        stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
+        common = dict(max_tokens=options.max_tokens, stop_ids=stop_ids, stats=stats, should_stop=should_stop)
+        spec = options.speculative
+        if spec.draft is None:
+            return generate(self.session, ids, sampler, **common)
+        drafter = self._drafts.get(spec.draft, kv)
+        fixed = None if spec.num_draft == "auto" else spec.num_draft
+        return speculative.generate(self.session, drafter, ids, sampler,
+                                    draft_length=DraftLength(fixed, spec.max_draft), **common)
+
+    def kv_bytes_per_token(self, kv: KVSpec | None) -> float:
+        """What the KV cache `kv` costs per token on this model's runtime."""
+        from edgegen.runtimes.kv_layout import FLOAT_BYTES, kv_bytes_per_token
+
+        c, m = self.backend.config, self.manifest
+        float_bytes = 4 if m.runtime == "onnx" else FLOAT_BYTES.get(m.dtype, 4)
+        return kv_bytes_per_token(m.runtime, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, kv, float_bytes)
+
+    def kv_spec(self, options: GenerateOptions) -> KVSpec | None:
+        """The cache precision `options` ask for ("auto" resolved for this model)."""
+        with self._locked():
+            return self._kv_spec(options)
+
+    def _kv_spec(self, options: GenerateOptions) -> KVSpec | None:
+        bits = options.kv.kv_bits
+        if bits == "auto":
+            bits = self._auto_kv_bits()
+        return None if bits is None else KVSpec(bits=bits, group_size=options.kv.kv_group_size)
+
+    def _auto_kv_bits(self) -> int | None:
+        """The smallest KV precision within 1% of the float cache's perplexity on the bundled text,
+        measured once per converted model and remembered next to it (`kv_auto.json`)."""
+        record = self.folder / KV_AUTO_FILE if self.folder else None
+        if record is not None and record.is_file():
+            try:
+                return json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
+            except (OSError, ValueError, KeyError):
+                pass
+        text = (Path(__file__).parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
+        ids = [i for i in self.tokenizer.encode(text) if i < self.backend.vocab_size][:KV_AUTO_TOKENS]
+        print("edgegen: measuring which KV precision keeps perplexity within 1% (once per model)", file=sys.stderr)
+        choice = choose_kv_bits(self.backend, ids, tolerance=0.01)
+        if record is not None:
+            try:
+                with atomic_file(record) as tmp:
+                    tmp.write_text(json.dumps(choice, indent=2) + "\n", encoding="utf-8")
+            except OSError:
+                print(f"edgegen: could not save {record}; the choice holds for this process only", file=sys.stderr)
+        return choice["kv_bits"]
 
     def _locked(self):
         return _OwnedLock(self)
@@ -171,6 +244,55 @@ class Model:
         if not ids:
             raise ConfigError("the prompt is empty: give at least one token")
         return [int(i) for i in ids]
+
+
+class _Drafts:
+    """The drafters a Model has used, kept so that a chat keeps the draft's cache across turns."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.cache: dict[tuple, object] = {}
+
+    def get(self, spec: str, kv: KVSpec | None):
+        key = (spec, kv)
+        if key not in self.cache:
+            self.cache.clear()  # one drafter at a time: a draft model's weights are not small
+            self.cache[key] = self._make(spec, kv)
+        return self.cache[key]
+
+    def _make(self, spec: str, kv: KVSpec | None):
+        if spec == "prompt-lookup":
+            return PromptLookupDrafter()
+        model = self.model
+        if spec in ("q4", "q8"):
+            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec,
+                         **model.load_options)
+        else:
+            local = Path(source_path(spec)).expanduser()
+            if has_tokenizer(local):  # refuse a mismatch before converting anything
+                self._check_vocabulary(spec, Tokenizer(local))
+            draft = load(spec, runtime=model.manifest.runtime, **model.load_options)
+        if not isinstance(draft, Model):
+            raise ConfigError(f"the draft {spec!r} is not a language model")
+        self._check_vocabulary(spec, draft.tokenizer)
+        return ModelDrafter(draft.backend, spec, kv)
+
+    def _check_vocabulary(self, spec: str, tokenizer: Tokenizer) -> None:
+        if tokenizer.vocabulary() != self.model.tokenizer.vocabulary():
+            raise ConfigError(f"the draft {spec!r} has another tokenizer than the model; a draft must share "
+                              "the model's vocabulary (e.g. a smaller model of the same family)")
+
+
+def _source_of(manifest: Manifest) -> str:
+    """Where a converted model came from, to convert a quantized copy of it as its draft."""
+    src = manifest.source
+    if src.get("repo"):
+        return src["repo"]
+    path = src.get("path")
+    if not path or not Path(path).exists():
+        raise ConfigError(f"a q4/q8 draft is converted from the model's source ({path or 'unknown'}), which is "
+                          "not available here; convert a quantized copy yourself and pass --draft FOLDER")
+    return path
 
 
 class _OwnedLock:

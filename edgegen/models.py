@@ -5,6 +5,7 @@ resolves names here."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.core.errors import ConfigError
-from edgegen.core.manifest import MANIFEST_NAME
+from edgegen.core.manifest import FORMAT_VERSION, MANIFEST_NAME
 
 DEFAULT_MODEL = "tiny-chat"
 BUNDLED = Path(__file__).parent / "_bundled"
@@ -50,10 +51,19 @@ def is_converted(path: str | Path) -> bool:
     return (Path(path).expanduser() / MANIFEST_NAME).is_file()
 
 
-def locate(model: str | None, runtime: str | None = None) -> Path:
-    """The converted folder for `model`, converting it into the cache on first use."""
+def _is_current(folder: Path) -> bool:
+    """A cached conversion this edgegen can still load (its manifest's format is the current one)."""
+    try:
+        return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def locate(model: str | None, runtime: str | None = None, quant: str = "none") -> Path:
+    """The converted folder for `model`, converting it (with `quant` weights) into the cache on
+    first use, and again when the cached copy was written by an older edgegen."""
     model = model or DEFAULT_MODEL
-    if is_converted(model):
+    if is_converted(model) and quant == "none":
         return Path(model).expanduser()
     runtime = runtime or default_runtime()
     src = source_path(model)
@@ -62,8 +72,9 @@ def locate(model: str | None, runtime: str | None = None) -> Path:
                           "pass a converted model folder or a Hugging Face repo id")
     slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in model.strip("/"))[-60:]
     digest = hashlib.sha256(str(Path(src).expanduser().resolve() if Path(src).exists() else src).encode()).hexdigest()
-    out = cache_dir() / "converted" / f"{slug}-{digest[:8]}-{runtime}"
-    if not is_converted(out):
-        convert_source(model, out, runtime=runtime, force=True)
-        print(f"edgegen: converted {model} for {runtime} into {out} (kept for next time)", file=sys.stderr)
+    suffix = "" if quant == "none" else f"-{quant}"
+    out = cache_dir() / "converted" / f"{slug}-{digest[:8]}-{runtime}{suffix}"
+    if not _is_current(out):
+        convert_source(model, out, runtime=runtime, quant=quant, force=True)
+        print(f"edgegen: converted {model} for {runtime}{suffix} into {out} (kept for next time)", file=sys.stderr)
     return out

@@ -102,6 +102,10 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._backend.vocab_size()
 
+    def vocabulary(self) -> dict[str, int]:
+        """token text -> id for the whole vocabulary (added and special tokens included)."""
+        return self._backend.vocabulary()
+
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._backend.encode(clean_text(text), add_special_tokens)
 
@@ -163,6 +167,9 @@ class _HFTokenizers:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
 
+    def vocabulary(self) -> dict[str, int]:
+        return self.tok.get_vocab(with_added_tokens=True)
+
     def encode(self, text: str, special: bool) -> list[int]:
         return self.tok.encode(text, add_special_tokens=special).ids
 
@@ -192,6 +199,9 @@ class _SentencePiece:
 
     def vocab_size(self) -> int:
         return self.sp.GetPieceSize()
+
+    def vocabulary(self) -> dict[str, int]:
+        return {self.sp.IdToPiece(i): i for i in range(self.sp.GetPieceSize())}
 
     def encode(self, text: str, special: bool) -> list[int]:
         ids: list[int] = []

@@ -22,6 +22,17 @@ def decoding_options(func: Callable) -> Callable:
         click.option("--repetition-penalty", default=1.0, show_default=True, type=float),
         click.option("--seed", default=None, type=int, help="Makes sampling reproducible."),
         click.option("--stop", multiple=True, help="Stop at this text (repeatable)."),
+        click.option("--draft", default=None,
+                     help="Speculative decoding: a draft model (name or folder), q4 or q8 (a quantized copy "
+                          "of MODEL), or prompt-lookup. Output stays the model's own."),
+        click.option("--num-draft", default="auto", show_default=True, type=DRAFT_COUNT,
+                     help="Tokens drafted per verification, or auto (chosen from measured costs)."),
+        click.option("--max-draft", default=8, show_default=True, type=int, help="The most --num-draft auto drafts."),
+        click.option("--kv-bits", default=None, type=click.Choice(["16", "8", "4", "auto"]),
+                     help="KV-cache precision (default: the runtime's float cache); auto picks the smallest "
+                          "within 1%% of its perplexity."),
+        click.option("--kv-group-size", default=64, show_default=True, type=int,
+                     help="Values per scale of a quantized KV cache (MLX)."),
         click.option("--provider", default=None, help="ONNX Runtime provider: cpu, coreml, qnn, dml, cuda, auto."),
         click.option("--device", default=None, help="MLX device: gpu (Metal), cpu, auto."),
         click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None,
@@ -35,11 +46,28 @@ def decoding_options(func: Callable) -> Callable:
 RUNTIME_FLAGS = ("provider", "device", "runtime")
 
 
+class _DraftCount(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor auto", param, ctx)
+
+
+DRAFT_COUNT = _DraftCount()
+
+
 def split_options(opts: dict[str, Any]):
     """(GenerateOptions, runtime flags) from the parsed options; checked before anything loads."""
     from edgegen.core.options import GenerateOptions
 
     flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
+    if opts.get("kv_bits") not in (None, "auto"):
+        opts["kv_bits"] = int(opts["kv_bits"])
     return GenerateOptions.from_kwargs(**opts), flags
 
 

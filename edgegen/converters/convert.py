@@ -14,6 +14,7 @@ from edgegen.converters.hub import Source, resolve
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import DTYPES, QUANTS, RUNTIMES, Manifest, Quantization
 from edgegen.core.outputs import atomic_folder, check_output
+from edgegen.runtimes.kv_layout import FLOAT_BYTES, kv_table
 from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
 
 GROUP_SIZES = (32, 64, 128)
@@ -78,22 +79,29 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
     with tqdm(total=steps, desc=f"convert → {options.runtime}", unit="step", leave=False,
               disable=None) as bar:
         bar.set_postfix_str("reading weights")
+        tokenizer = _copy_tokenizer(ckpt.folder, tmp)
         weights = ckpt.load_weights()
         bar.update(1)
         if options.runtime == "onnx":
             from edgegen.converters.onnx.export import export_onnx
 
             files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1),
-                                on_stage=bar.set_postfix_str)
+                                on_stage=bar.set_postfix_str, calibration_ids=_calibration_ids(tokenizer, c))
         else:
             from edgegen.converters.mlx import export_mlx
 
             files = export_mlx(c, weights, tmp, options.dtype, quant)
             bar.update(c.num_hidden_layers)
         del weights
-        tokenizer = _copy_tokenizer(ckpt.folder, tmp)
         _manifest(ckpt, source, options, quant, tokenizer, files).write(tmp)
         bar.update(1)
+
+
+def _calibration_ids(tokenizer: Tokenizer, c) -> list[int]:
+    """The bundled calibration text in the model's tokens (valid ids only), at most 512 of them."""
+    text = (Path(__file__).resolve().parent.parent / "_data" / "kv-calibration.txt").read_text(encoding="utf-8")
+    ids = [i for i in tokenizer.encode(text) if 0 <= i < c.vocab_size]
+    return ids[: min(512, c.context_length)]
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> Tokenizer:
@@ -107,8 +115,12 @@ def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: 
               tokenizer: Tokenizer, files: dict[str, str]) -> Manifest:
     origin = ({"repo": source.repo, "revision": source.revision} if source.repo
               else {"path": str(source.folder), "sha256": ckpt.content_hash()})
+    c = ckpt.config
+    float_bytes = 4 if options.runtime == "onnx" else FLOAT_BYTES[options.dtype]
+    kv = {"bytes_per_token": kv_table(options.runtime, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
+                                      float_bytes)}
     return Manifest(
-        family="ar", architecture=ckpt.config.model_type, runtime=options.runtime, dtype=options.dtype,
-        quantization=quant, context_length=ckpt.config.context_length, vocab_size=ckpt.config.vocab_size,
+        family="ar", architecture=c.model_type, runtime=options.runtime, dtype=options.dtype,
+        quantization=quant, context_length=c.context_length, vocab_size=c.vocab_size,
         special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
-        source=origin, config=ckpt.hf_config, files=files)
+        source=origin, config=ckpt.hf_config, files=files, kv=kv)

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgegen.core.errors import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: inputs_embeds, KV-cache graph variants and the `kv` table
 MANIFEST_NAME = "edgegen.json"
 RUNTIMES = ("mlx", "onnx")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -41,6 +41,7 @@ class Manifest:
     source: dict[str, Any]  # repo, revision or content hash
     config: dict[str, Any]  # the Hugging Face config.json as read
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> file name
+    kv: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"bytes_per_token": {"float", "16", "8", "4"}}
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -71,12 +72,37 @@ class Manifest:
             )
         return manifest
 
+    def _kv_rows(self) -> list[tuple[str, str]]:
+        table = self.kv.get("bytes_per_token") or {}
+        if not table:
+            return []
+        names = {"float": "float", "16": "16-bit", "8": "8-bit", "4": "4-bit"}
+        cells = [f"{names.get(k, k)} {int(v):,}" for k, v in table.items()]
+        return [("KV bytes per token", " · ".join(cells))]
+
+    def _var_rows(self) -> list[tuple[str, str]]:
+        """The rows of a VAR image model (family "var") that replace context length and special tokens."""
+        c = self.config
+        names = c.get("class_names") or []
+        classes = f"{c.get('num_classes')}" + (f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
+                                               if names else "")
+        return [("image size", f"{c.get('image_size')}×{c.get('image_size')}"), ("classes", classes),
+                ("scales", " ".join(f"{p}²" for p in c.get("patch_nums", ())) + f" ({self.context_length} tokens)"),
+                ("transformer", f"depth {c.get('depth')}, width {c.get('embed_dim')}, {c.get('num_heads')} heads"),
+                ("codebook", f"{self.vocab_size} codes × {c.get('vae', {}).get('z_channels')}")]
+
     def describe(self) -> list[tuple[str, str]]:
         """Human-readable (label, value) rows for `edgegen info`."""
         q = self.quantization
         quant = "none" if q.method == "none" else f"{q.method} (group size {q.group_size})"
         src = self.source.get("repo") or self.source.get("path", "?")
         rev = self.source.get("revision") or self.source.get("sha256", "")[:12]
+        if self.family == "var":
+            quant = quant if q.method == "none" or q.group_size else f"{q.method} (per-channel)"
+            return [("family", FAMILIES["var"]), ("architecture", self.architecture), ("runtime", self.runtime),
+                    ("dtype", self.dtype), ("quantization", quant), *self._var_rows(),
+                    ("source", f"{src} @ {rev}" if rev else src), *self._kv_rows(),
+                    ("format version", str(self.format_version))]
         return [
             ("family", FAMILIES.get(self.family, self.family)),
             ("architecture", self.architecture),
@@ -87,5 +113,6 @@ class Manifest:
             ("vocabulary", str(self.vocab_size)),
             ("special tokens", ", ".join(f"{k}={v}" for k, v in self.special_tokens.items())),
             ("source", f"{src} @ {rev}" if rev else src),
+            *self._kv_rows(),
             ("format version", str(self.format_version)),
         ]

@@ -57,6 +57,36 @@ class SamplingParams:
         return self.temperature == 0
 
 
+DRAFT_KINDS = ("q4", "q8", "prompt-lookup")  # besides a model name or folder
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculativeOptions:
+    draft: str | None = None  # a model (name or folder), "q4"/"q8" (a quantized copy), "prompt-lookup"
+    num_draft: int | str = "auto"  # tokens drafted per verification, or "auto" (chosen from measured costs)
+    max_draft: int = 8  # the bound of "auto"
+
+    def __post_init__(self) -> None:
+        if self.draft is not None and (not isinstance(self.draft, str) or not self.draft.strip()):
+            raise ConfigError(f"draft must be a model, {', '.join(DRAFT_KINDS)}; got {self.draft!r}")
+        if self.num_draft != "auto":
+            object.__setattr__(self, "num_draft", _number("num_draft", self.num_draft, int, 0, 64,
+                                                          hint=" (or \"auto\")"))
+        object.__setattr__(self, "max_draft", _number("max_draft", self.max_draft, int, 1, 64))
+
+
+@dataclasses.dataclass(frozen=True)
+class KVOptions:
+    kv_bits: int | str | None = None  # None: the runtime's float cache; 16, 8, 4 or "auto"
+    kv_group_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kv_bits not in (None, 16, 8, 4, "auto") or isinstance(self.kv_bits, bool):
+            raise ConfigError(f"kv_bits must be 16, 8, 4 or auto, got {self.kv_bits!r}")
+        if self.kv_group_size not in (32, 64, 128) or isinstance(self.kv_group_size, bool):
+            raise ConfigError(f"kv_group_size must be 32, 64 or 128, got {self.kv_group_size!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateOptions:
     """Everything a generation call can be asked for."""
@@ -65,6 +95,8 @@ class GenerateOptions:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     sampling: SamplingParams = SamplingParams()
+    speculative: SpeculativeOptions = SpeculativeOptions()
+    kv: KVOptions = KVOptions()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
@@ -83,7 +115,7 @@ class GenerateOptions:
         if unknown:
             raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                               f"known: {', '.join(cls.keys())}")
-        groups = {"sampling": SamplingParams}
+        groups = _GROUPS
         changes: dict[str, Any] = {}
         for group, klass in groups.items():
             fields = {f.name for f in dataclasses.fields(klass)}
@@ -95,7 +127,15 @@ class GenerateOptions:
 
     @staticmethod
     def keys() -> list[str]:
-        return list(_TOP_LEVEL) + [f.name for f in dataclasses.fields(SamplingParams)]
+        return list(_TOP_LEVEL) + [f.name for group in _GROUPS.values() for f in dataclasses.fields(group)]
+
+    def flat(self) -> dict:
+        """The flat keyword form (what `from_kwargs` takes)."""
+        out = {k: getattr(self, k) for k in _TOP_LEVEL}
+        for group in _GROUPS:
+            out.update(dataclasses.asdict(getattr(self, group)))
+        return out
 
 
 _TOP_LEVEL = ("max_tokens", "stop", "ignore_eos")
+_GROUPS = {"sampling": SamplingParams, "speculative": SpeculativeOptions, "kv": KVOptions}

@@ -1,21 +1,93 @@
 """The contracts that decoding strategies program against. Runtimes implement them; strategies
-never import a backend."""
+never import a backend.
+
+One primitive serves every strategy: `LanguageModel.forward(Feed, cache)`. A `Feed` says what runs
+(token ids and/or input embeddings), where it sits (RoPE positions), what it may see (causal, or
+attention groups among the new inputs, or cache slots hidden from it), whether its keys and values
+stay in the cache (`commit`), and which rows of logits come back. What each strategy needs:
+
+    plain / speculative decoding   tokens, rows, commit=True, cache.truncate (rollback)
+    block diffusion                blocks (bidirectional inside a block), commit=False (score a block
+                                   without keeping it), positions + hidden (dual cache)
+    superposed decoding            embeddings (a weighted mix of token embeddings), model.embed()
+    quantized KV caches            new_cache(KVSpec(bits=8 | 4)); same contract as the float cache
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from edgegen.core.errors import CapabilityError
 
 
 class Capability(enum.Flag):
     """What a model can do; strategies declare what they need and check it when built."""
 
     NONE = 0
-    LOGITS = enum.auto()  # forward() returns next-token logits for every fed position
+    LOGITS = enum.auto()  # forward() returns logits for every fed position (or the last `rows`)
     ROLLBACK = enum.auto()  # cache.truncate() is exact (speculative decoding needs it)
-    MULTI_TOKEN = enum.auto()  # forward() accepts several new tokens over a non-empty cache
+    MULTI_TOKEN = enum.auto()  # forward() accepts several new inputs over a non-empty cache
+    SCORE_ONLY = enum.auto()  # Feed(commit=False): run inputs against the cache without keeping them
+    EMBEDDINGS = enum.auto()  # Feed(embeddings=...) and model.embed(ids)
+    POSITIONS = enum.auto()  # Feed(positions=...): explicit RoPE positions
+    BLOCK_ATTENTION = enum.auto()  # Feed(blocks=..., hidden=...): non-causal attention patterns
+    QUANTIZED_KV = enum.auto()  # new_cache(KVSpec(bits=8 or 4))
+
+
+@dataclasses.dataclass(frozen=True)
+class KVSpec:
+    """How a KV cache stores keys and values: `bits` None is the runtime's float cache (the
+    model's compute type), 16 a 16-bit float cache, 8 and 4 quantized caches."""
+
+    bits: int | None = None  # None | 16 | 8 | 4
+    group_size: int = 64  # values per scale, where the scheme groups (MLX)
+    window: int = 128  # most recent tokens kept in full precision, where the scheme has a window
+    sink: int = 4  # first tokens kept in full precision, where the scheme has a window
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None and self.bits < 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """The inputs of one forward pass.
+
+    Inputs are `tokens` followed by `embeddings` ((n, hidden) float32). Input i sits at
+    `positions[i]` (default: cache.length + i). `blocks=None` is causal attention; otherwise input i
+    sees input j iff blocks[j] <= blocks[i] (all equal: bidirectional), and always sees the cache
+    except slots `hidden` = [start, end). With `commit` the inputs' keys and values are appended to
+    the cache; without it they are only attended to, and the cache keeps its length. `rows` > 0
+    returns the logits of the last `rows` inputs only; 0 returns all of them.
+    """
+
+    tokens: Sequence[int] = ()
+    embeddings: np.ndarray | None = None
+    positions: Sequence[int] | None = None
+    blocks: Sequence[int] | None = None
+    hidden: tuple[int, int] | None = None
+    commit: bool = True
+    rows: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens) + (0 if self.embeddings is None else len(self.embeddings))
+
+    def needs(self) -> Capability:
+        need = Capability.LOGITS
+        if not self.commit:
+            need |= Capability.SCORE_ONLY
+        if self.embeddings is not None:
+            need |= Capability.EMBEDDINGS
+        if self.positions is not None:
+            need |= Capability.POSITIONS
+        if self.blocks is not None or self.hidden is not None:
+            need |= Capability.BLOCK_ATTENTION
+        return need
 
 
 @runtime_checkable
@@ -41,12 +113,31 @@ class LanguageModel(Protocol):
     vocab_size: int
     context_length: int
 
-    def new_cache(self) -> KVCache: ...
+    def new_cache(self, kv: KVSpec | None = None) -> KVCache: ...
 
-    def forward(self, tokens: Sequence[int], cache: KVCache, *, last_only: bool = False) -> np.ndarray:
-        """Append `tokens` to `cache`; return float32 logits of shape (len(tokens), vocab), or
-        (1, vocab) for the last position when `last_only`."""
+    def forward(self, feed: Feed, cache: KVCache) -> np.ndarray:
+        """Run `feed` over `cache`; float32 logits (feed.rows or feed.length, vocab)."""
         ...
+
+
+class Embedder(Protocol):
+    """Models with `Capability.EMBEDDINGS` also give the input embedding of token ids."""
+
+    hidden_size: int
+
+    def embed(self, tokens: Sequence[int]) -> np.ndarray:
+        """float32 (len(tokens), hidden): the rows of the input embedding table (dequantized)."""
+        ...
+
+
+def require(model: LanguageModel, needed: Capability, what: str) -> None:
+    """Raise a one-line CapabilityError when `model` lacks any of `needed` (checked when a
+    strategy is built, not in the middle of a generation)."""
+    missing = needed & ~model.capabilities
+    if missing:
+        names = ", ".join(m.name.lower().replace("_", " ") for m in Capability if m and m in missing)
+        raise CapabilityError(f"{what} needs {names}, which {getattr(model, 'description', 'this model')} "
+                              "does not offer; convert the model with this edgegen version or choose another strategy")
 
 
 class Tokenizer(Protocol):

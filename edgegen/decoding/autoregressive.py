@@ -6,7 +6,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from edgegen.core.errors import ContextOverflow
-from edgegen.core.protocols import LanguageModel
+from edgegen.core.protocols import Feed, KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding.sampling import Sampler
 
@@ -16,9 +16,9 @@ PREFILL_CHUNK = 512  # bounds the activation memory of long prompts
 class Session:
     """A model, its KV cache and the tokens the cache holds; reuses the longest shared prefix."""
 
-    def __init__(self, model: LanguageModel):
-        self.model = model
-        self.cache = model.new_cache()
+    def __init__(self, model: LanguageModel, kv: KVSpec | None = None):
+        self.model, self.kv = model, kv
+        self.cache = model.new_cache(kv)
         self.tokens: list[int] = []
 
     def reset(self) -> None:
@@ -34,7 +34,7 @@ class Session:
             raise ContextOverflow(
                 f"{self.cache.length + len(tokens)} tokens do not fit the context of "
                 f"{self.model.context_length}; shorten the prompt or /reset the conversation")
-        logits = self.model.forward(tokens, self.cache, last_only=last_only)
+        logits = self.model.forward(Feed(tokens, rows=1 if last_only else 0), self.cache)
         self.tokens.extend(tokens)
         return logits
 
@@ -60,39 +60,68 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+class Emitter:
+    """The bookkeeping every strategy shares for the tokens it decides: a stop id ends generation
+    and is not yielded; after a yielded token, a stop string (`should_stop`) or `max_tokens` ends it.
+    Keeps `history` (prompt + generated) and fills the stats."""
+
+    def __init__(self, prompt: Sequence[int], stats: GenerationStats, *, max_tokens: int,
+                 stop_ids: Sequence[int] = (), should_stop: Callable[[list[int]], bool] | None = None):
+        self.history, self.generated = list(prompt), []
+        self.stats, self.max_tokens, self.stop, self.should_stop = stats, max_tokens, set(stop_ids), should_stop
+        self.t0, self.t_first = time.perf_counter(), None
+        stats.finish_reason = "length"
+
+    def accept(self, token: int) -> bool:
+        """False when `token` is a stop id (generation ends there); else it is generated."""
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = now
+            self.stats.prefill_seconds = now - self.t0  # time to first token
+        if token in self.stop:
+            self.stats.finish_reason = "stop"
+            return False
+        self.generated.append(token)
+        self.history.append(token)
+        self.stats.generated_tokens = len(self.generated)
+        self.stats.decode_seconds = now - self.t_first
+        return True
+
+    def done(self) -> bool:
+        """After a yielded token: has a stop string appeared, or max_tokens been reached?"""
+        if self.should_stop is not None and self.should_stop(self.generated):
+            self.stats.finish_reason = "stop"
+            return True
+        return len(self.generated) >= self.max_tokens
+
+    @property
+    def room(self) -> int:
+        return self.max_tokens - len(self.generated)
+
+
+def check_prompt(prompt: Sequence[int], context: int, max_tokens: int) -> int:
+    """`max_tokens` capped by the context; a prompt that fills the context is a user error."""
+    if len(prompt) >= context:
+        raise ContextOverflow(f"the prompt has {len(prompt)} tokens but the context holds {context}; shorten it")
+    return min(max_tokens, context - len(prompt))
+
+
 def generate(session: Session, prompt: Sequence[int], sampler: Sampler, *, max_tokens: int,
              stop_ids: Sequence[int] = (), stats: GenerationStats | None = None,
              should_stop: Callable[[list[int]], bool] | None = None) -> Iterator[int]:
     """Yield up to `max_tokens` new token ids after `prompt`. A stop id ends generation and is not
     yielded; `should_stop(generated)` may end it after any token (stop strings)."""
     stats = stats if stats is not None else GenerationStats()
-    context = session.model.context_length
-    if len(prompt) >= context:
-        raise ContextOverflow(f"the prompt has {len(prompt)} tokens but the context holds {context}; "
-                              "shorten it")
-    max_tokens = min(max_tokens, context - len(prompt))
-    t0 = time.perf_counter()
+    max_tokens = check_prompt(prompt, session.model.context_length, max_tokens)
+    out = Emitter(prompt, stats, max_tokens=max_tokens, stop_ids=stop_ids, should_stop=should_stop)
     logits, stats.prompt_tokens = session.prefill(list(prompt))
     stats.forwards = 1  # the prefill's last position gives the first token
-    history, generated, stop = list(prompt), [], set(stop_ids)
-    stats.finish_reason = "length"
-    t_first = None
-    while len(generated) < max_tokens:
-        token = sampler(logits, history)
-        if t_first is None:
-            t_first = time.perf_counter()
-            stats.prefill_seconds = t_first - t0  # time to first token
-        if token in stop:
-            stats.finish_reason = "stop"
-            break
-        generated.append(token)
-        history.append(token)
-        stats.generated_tokens = len(generated)
-        stats.decode_seconds = time.perf_counter() - t_first
+    while True:
+        token = sampler(logits, out.history)
+        if not out.accept(token):
+            return
         yield token
-        if should_stop is not None and should_stop(generated):
-            stats.finish_reason = "stop"
-            break
-        if len(generated) < max_tokens:
-            logits = session.feed([token])[-1]
-            stats.forwards += 1
+        if out.done():
+            return
+        logits = session.feed([token])[-1]
+        stats.forwards += 1

@@ -1,7 +1,7 @@
 """The decoder-only transformer as an ONNX graph of ONNX Runtime's fused CPU ops.
 
-    input_ids ─ Gather ─┬─ SimplifiedLayerNorm ─ attention ─ SkipSimplifiedLayerNorm ─ MLP ─┐
-                        └─────────── residual ────────────────┘          (× layers) ─────┘
+    input_ids ─ Gather ─ Concat(inputs_embeds) ─┬─ SimplifiedLayerNorm ─ attention ─ SkipSimplifiedLayerNorm ─ MLP ─┐
+                                                └─────────── residual ────────────────┘          (× layers) ─────┘
     ─ SkipSimplifiedLayerNorm ─ Slice(last `logits_to_keep`) ─ lm_head ─ logits
 
 Attention is `com.microsoft::GroupQueryAttention` with fused rotary; its past and present KV are
@@ -27,13 +27,15 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
     """The whole graph. `separate_lm_head` gives the head its own (transposed) MatMul weight even
     when embeddings are tied, so that weight quantization can turn it into MatMulNBits."""
     g = GraphBuilder()
-    ids = g.input("input_ids", I64, ["batch_size", "sequence_length"])
+    ids = g.input("input_ids", I64, ["batch_size", "ids_length"])
+    embeds = g.input("inputs_embeds", F32, ["batch_size", "embeds_length", c.hidden_size])
     seqlens_k = g.input("seqlens_k", I32, ["batch_size"])
     total_len = g.input("total_sequence_length", I32, [])
     keep = g.input("logits_to_keep", I64, [1])
     cos, sin = _rotary_caches(g, c)
     table = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])  # (vocab, hidden)
-    x = g.op("Gather", "/model/embed_tokens", [table, ids])
+    x = g.op("Gather", "/model/embed_tokens", [table, ids])  # (B, S_ids, hidden)
+    x = g.op("Concat", "/model/inputs", [x, embeds], axis=1)  # token ids first, then given embeddings
     residual, delta = x, None
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."

@@ -13,6 +13,7 @@ import onnx
 import onnx_ir as ir
 
 from edgegen.archs._decoder import DecoderConfig
+from edgegen.converters.onnx import kv
 from edgegen.converters.onnx.decoder import build_decoder
 from edgegen.core.manifest import Quantization
 
@@ -22,17 +23,27 @@ ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits on CPU: the fast kerne
 
 
 def export_onnx(config: DecoderConfig, weights: dict[str, np.ndarray], out: Path, quant: Quantization,
-                on_layer: Callable[[int], None], on_stage: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+                on_layer: Callable[[int], None], on_stage: Callable[[str], None] = lambda s: None,
+                calibration_ids: list[int] | None = None) -> dict[str, str]:
+    """model.onnx + model.onnx.data, the KV-cache variants (model.kv{16,8,4}.onnx, same data) and,
+    given `calibration_ids`, the static KV scales the int8/int4 variants read."""
     on_stage("building graph")
     model = build_decoder(config, weights, separate_lm_head=quant.bits is not None, on_layer=on_layer)
     proto = ir.serde.serialize_model(model)
+    del model
     if quant.bits:
         on_stage(f"quantizing to {quant.method}")
         proto = _quantize(proto, quant)
     on_stage("saving")
     onnx.save_model(proto, str(out / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)
-    return {"model": MODEL_FILE, "weights": DATA_FILE}
+    del proto
+    shape = (config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
+    files = {"model": MODEL_FILE, "weights": DATA_FILE, **kv.write_kv_variants(out, MODEL_FILE, *shape)}
+    if calibration_ids:
+        on_stage("calibrating KV scales")
+        files["kv_scales"] = kv.save_scales(out, kv.calibrate(out, MODEL_FILE, calibration_ids, *shape))
+    return files
 
 
 def _quantize(proto: onnx.ModelProto, quant: Quantization) -> onnx.ModelProto:

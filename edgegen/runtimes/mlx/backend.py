@@ -10,9 +10,9 @@ import numpy as np
 
 from edgegen.archs._decoder import DecoderConfig
 from edgegen.core import registry
-from edgegen.core.errors import BackendUnavailable, ConfigError
+from edgegen.core.errors import BackendUnavailable, CapabilityError, ConfigError
 from edgegen.core.manifest import Manifest
-from edgegen.core.protocols import Capability
+from edgegen.core.protocols import Capability, Feed, KVSpec
 
 WEIGHTS = "model.safetensors"
 MX_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -61,7 +61,8 @@ def build_model(config: DecoderConfig, manifest_quant=None):
 
 
 class MLXLanguageModel:
-    capabilities = Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN
+    capabilities = (Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN | Capability.SCORE_ONLY
+                    | Capability.EMBEDDINGS | Capability.POSITIONS | Capability.QUANTIZED_KV)
 
     def __init__(self, folder: Path, manifest: Manifest, device: str | None = None):
         mx = import_mlx()
@@ -76,18 +77,36 @@ class MLXLanguageModel:
             raise ConfigError(f"{folder / WEIGHTS} could not be loaded ({' '.join(str(exc).split())[:200]}); "
                               "convert the model again") from None
         self.vocab_size = self.config.vocab_size
+        self.hidden_size = self.config.hidden_size
         self.context_length = manifest.context_length
         self.description = f"MLX ({self.device})"
 
-    def new_cache(self):
-        from edgegen.runtimes.mlx.cache import MLXKVCache
+    def new_cache(self, kv: KVSpec | None = None):
+        from edgegen.runtimes.mlx.cache import make_cache
 
-        return MLXKVCache(self.config.num_hidden_layers, self.context_length)
+        return make_cache(self.config.num_hidden_layers, self.context_length, kv, self.config.head_dim)
 
-    def forward(self, tokens: Sequence[int], cache, *, last_only: bool = False) -> np.ndarray:
+    def forward(self, feed: Feed, cache) -> np.ndarray:
         mx = import_mlx()
-        logits = self.model(mx.array([list(tokens)], dtype=mx.int32), cache, last_only=last_only)
-        return np.array(logits[0].astype(mx.float32))  # (L, vocab)
+        from edgegen.runtimes.mlx.models._decoder import Step
+
+        if feed.blocks is not None or feed.hidden is not None:
+            raise CapabilityError("this MLX model attends causally only; attention blocks need a model "
+                                  "converted as a diffusion LLM")
+        tokens = mx.array([list(feed.tokens)], dtype=mx.int32).reshape(1, -1)
+        embeds = None if feed.embeddings is None else mx.array(np.asarray(feed.embeddings, np.float32))[None]
+        positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
+        step = Step(cache.length, feed.length, positions)
+        logits = self.model(tokens, embeds, cache, step, rows=feed.rows)
+        mx.eval(logits)
+        if feed.commit:
+            cache.advance(feed.length)
+        return np.array(logits[0].astype(mx.float32))  # (rows or L, vocab)
+
+    def embed(self, tokens: Sequence[int]) -> np.ndarray:
+        mx = import_mlx()
+        rows = self.model.model.embed_tokens(mx.array(list(tokens), dtype=mx.int32))
+        return np.array(rows.astype(mx.float32))
 
     def peak_memory_mb(self) -> float:
         mx = import_mlx()

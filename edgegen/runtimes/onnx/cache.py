@@ -1,16 +1,35 @@
-"""The ONNX KV cache: per layer one BNSH numpy buffer that GroupQueryAttention reads as `past`
-and writes as `present` in place (shared buffer), grown in chunks, truncated exactly."""
+"""The ONNX KV cache: per layer one BNSH buffer that GroupQueryAttention reads as `past` and writes
+as `present` in place (shared buffer), grown in chunks, truncated exactly.
+
+The buffer holds float32, float16, int8 or packed int4 (two values per byte) values, following the
+graph variant the cache was made for; quantized variants also carry their static per-channel
+scales, bound once with the buffers.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from edgegen.core.protocols import KVSpec
+
 CHUNK = 256  # tokens added per growth
+# graph variant -> (numpy element type, values per element)
+LAYOUTS = {"float": (np.float32, 1), "kv16": (np.float16, 1), "kv8": (np.int8, 1), "kv4": (np.uint8, 2)}
+
+
+def variant_of(spec: KVSpec | None) -> str:
+    return "float" if spec is None or spec.bits is None else f"kv{spec.bits}"
 
 
 class OnnxKVCache:
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, max_length: int):
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, max_length: int, variant: str = "float",
+                 session: Any = None, scales: dict[str, np.ndarray] | None = None):
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.variant, self.session, self.scales = variant, session, scales or {}
+        self.dtype, per_element = LAYOUTS[variant]
+        self.last_dim = head_dim // per_element
         self._max = max_length
         self._length = 0
         self.buffers: list[tuple[np.ndarray, np.ndarray]] = []
@@ -30,6 +49,11 @@ class OnnxKVCache:
     def allocated(self) -> int:
         return self.buffers[0][0].shape[2]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the buffers occupy now (allocated capacity, not just `length`)."""
+        return sum(k.nbytes + v.nbytes for k, v in self.buffers)
+
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self._length:
             raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
@@ -46,8 +70,8 @@ class OnnxKVCache:
 
     def _allocate(self, size: int) -> None:
         size = max(size, 1)  # a zero-length buffer has no address to share
-        shape = (1, self.kv_heads, size, self.head_dim)  # (B, Hkv, capacity, Dh)
-        new = [(np.zeros(shape, np.float32), np.zeros(shape, np.float32)) for _ in range(self.num_layers)]
+        shape = (1, self.kv_heads, size, self.last_dim)  # (B, Hkv, capacity, Dh or Dh/2)
+        new = [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(self.num_layers)]
         for (old_k, old_v), (k, v) in zip(self.buffers, new):
             k[:, :, : self._length] = old_k[:, :, : self._length]
             v[:, :, : self._length] = old_v[:, :, : self._length]

@@ -9,7 +9,6 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from edgegen.archs._decoder import DecoderConfig
-from edgegen.runtimes.mlx.cache import MLXKVCache
 
 
 class Attention(nn.Module):
@@ -27,7 +26,7 @@ class Attention(nn.Module):
             self.k_norm = nn.RMSNorm(d, eps=c.rms_norm_eps)
         self._periods = mx.array(1.0 / c.inv_freq(), dtype=mx.float32)  # not a parameter ("_")
 
-    def __call__(self, x: mx.array, cache: MLXKVCache) -> mx.array:
+    def __call__(self, x: mx.array, cache, step: "Step") -> mx.array:
         B, L, _ = x.shape  # (B, L, hidden)
         q = self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(B, L, self.n_kv, self.head_dim)
@@ -35,16 +34,26 @@ class Attention(nn.Module):
         if "q_norm" in self:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)  # (B, H, L, Dh)
-        q = self._rope(q, cache.length)
-        k = self._rope(k, cache.length)
-        k, v = cache.update(self.index, k, v)  # (B, Hkv, length + L, Dh)
-        mask = "causal" if L > 1 else None
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        q, k = self._rope(q, step), self._rope(k, step)
+        out = cache.attend(self.index, q, k, v, self.scale, step.mask)  # (B, H, L, Dh)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
-    def _rope(self, x: mx.array, offset: int) -> mx.array:
-        return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0, offset=offset,
-                            freqs=self._periods)
+    def _rope(self, x: mx.array, step: "Step") -> mx.array:
+        if step.positions is None:
+            return mx.fast.rope(x, self.head_dim, traditional=False, base=None, scale=1.0, offset=step.offset,
+                                freqs=self._periods)
+        angles = step.positions[:, None].astype(mx.float32) / self._periods[None, :]  # (L, Dh/2)
+        cos, sin = mx.cos(angles), mx.sin(angles)
+        a, b = x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
+        return mx.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+
+class Step:
+    """What every layer of one forward pass shares: where the inputs sit and what they see."""
+
+    def __init__(self, offset: int, length: int, positions: mx.array | None = None, mask=None):
+        self.offset, self.positions = offset, positions
+        self.mask = mask if mask is not None or positions is not None else ("causal" if length > 1 else None)
 
 
 class MLP(nn.Module):
@@ -67,8 +76,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
-    def __call__(self, x: mx.array, cache: MLXKVCache) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cache)
+    def __call__(self, x: mx.array, cache, step: Step) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), cache, step)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -79,10 +88,9 @@ class DecoderBody(nn.Module):
         self.layers = [DecoderLayer(c, i) for i in range(c.num_hidden_layers)]
         self.norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
-    def __call__(self, tokens: mx.array, cache: MLXKVCache) -> mx.array:
-        x = self.embed_tokens(tokens)  # (B, L, hidden)
+    def __call__(self, x: mx.array, cache, step: Step) -> mx.array:
         for layer in self.layers:
-            x = layer(x, cache)
+            x = layer(x, cache, step)
         return self.norm(x)
 
 
@@ -96,11 +104,15 @@ class DecoderModel(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
 
-    def __call__(self, tokens: mx.array, cache: MLXKVCache, last_only: bool = False) -> mx.array:
-        h = self.model(tokens, cache)
-        cache.advance(tokens.shape[1])
-        if last_only:
-            h = h[:, -1:]
+    def __call__(self, tokens: mx.array, embeddings: mx.array | None, cache, step: Step, rows: int = 0) -> mx.array:
+        """Logits (B, rows or L, vocab) for token ids (B, L_ids) followed by `embeddings` (B, L_e, hidden).
+        The cache is written but not advanced: the caller commits (or not)."""
+        x = self.model.embed_tokens(tokens)  # (B, L_ids, hidden)
+        if embeddings is not None:
+            x = mx.concatenate([x, embeddings.astype(x.dtype)], axis=1)
+        h = self.model(x, cache, step)
+        if rows:
+            h = h[:, -rows:]
         if self.config.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)  # (B, L, vocab)

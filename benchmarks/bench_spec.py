@@ -1,0 +1,201 @@
+"""Speculative decoding: plain decoding against each draft kind, both runtimes, one run.
+
+    python benchmarks/bench_spec.py [--runtimes onnx,mlx] [--tokens 128] [--repeats 3] [--large]
+
+1. tiny-chat with tiny-draft, with its own q4 copy and with prompt lookup, on chat, rewrite and
+   code prompts (greedy, EOS ignored): acceptance, tokens per target forward, decode tok/s and the
+   speedup over plain decoding of the same prompt, for `--num-draft auto` and a fixed 4.
+2. Sampling at T=1 on the same pair: the acceptance our rule gets (Σ min(p, q) per drafted token)
+   against the exact-match rule of mlx-lm (Σ p·q), measured on the same positions; and mlx-lm's own
+   `draft_model` speculation on the same pair, when mlx-lm is installed.
+3. With --large: the Qwen2.5-0.5B-shaped checkpoint (random weights) as an fp32 and a q8 ONNX
+   target, drafted by its own q4 copy; greedy output must equal the plain fp32 output.
+Every speculative run's tokens are checked against plain decoding (greedy is lossless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import ensure_checkpoint_in_child, log
+from _report import console_table, markdown_table, versions
+from _spec_prompts import PROMPTS
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import edgegen  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "bench_spec.json"
+DRAFTS = ("tiny-draft", "q4", "prompt-lookup")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runtimes", default="onnx,mlx")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--large", action="store_true", help="also the 0.5B-shaped checkpoint (ONNX)")
+    p.add_argument("--out", type=Path, default=OUT)
+    return p.parse_args()
+
+
+def run(model, ids: list[int], tokens: int, repeats: int, **options) -> dict:
+    """Median decode speed of `repeats` runs after a warm-up; each run starts from an empty cache."""
+    results = []
+    for i in range(repeats + 1):
+        model.reset()
+        g = model.generate(ids, max_tokens=tokens, ignore_eos=True, **options)
+        if i:
+            results.append(g)
+    stats = [g.stats for g in results]
+    return {"decode_tok_s": statistics.median(s.decode_tokens_per_s for s in stats),
+            "acceptance": statistics.median(s.acceptance_rate for s in stats),
+            "tokens_per_forward": statistics.median(s.tokens_per_forward for s in stats),
+            "draft_length": statistics.median(s.draft_length for s in stats), "tokens": results[-1].token_ids}
+
+
+def tiny_chat(runtime: str, args: argparse.Namespace) -> list[dict]:
+    model = edgegen.load("tiny-chat", runtime=runtime)
+    rows = []
+    for kind, prompts in PROMPTS.items():
+        for p_index, prompt in enumerate(prompts):
+            ids = model.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+            plain = run(model, ids, args.tokens, args.repeats)
+            rows.append({"runtime": runtime, "kind": kind, "prompt": p_index, "draft": "none", "num_draft": 0, **plain})
+            for draft in DRAFTS:
+                for num in ("auto", 4):
+                    r = run(model, ids, args.tokens, args.repeats, draft=draft, num_draft=num)
+                    r["lossless"] = r["tokens"] == plain["tokens"]
+                    r["speedup"] = r["decode_tok_s"] / plain["decode_tok_s"]
+                    rows.append({"runtime": runtime, "kind": kind, "prompt": p_index, "draft": draft,
+                                 "num_draft": num, **r})
+                    log(f"[{runtime}] {kind}#{p_index} {draft} γ={num}: {r['speedup']:.2f}×, "
+                        f"acceptance {r['acceptance']:.2f}, {r['tokens_per_forward']:.2f} tok/forward")
+    return rows
+
+
+def acceptance_at_t1(runtime: str, tokens: int) -> dict:
+    """Expected acceptance of one drafted token under both rules, teacher-forced on tiny-chat's own
+    sampled text: Σ min(p, q) (speculative sampling) vs Σ p·q (independent samples that must match)."""
+    import numpy as np
+
+    from edgegen.decoding.sampling import Sampler, SamplingParams
+
+    target, draft = edgegen.load("tiny-chat", runtime=runtime), edgegen.load("tiny-draft", runtime=runtime)
+    sampler = Sampler(SamplingParams(temperature=1.0))
+    ours, exact_match = [], []
+    for prompt in PROMPTS["chat"] + PROMPTS["code"]:
+        ids = target.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+        text = target.generate(ids, max_tokens=tokens, temperature=1.0, seed=0, ignore_eos=True).token_ids
+        seq = ids + text
+        p_rows, q_rows = target.logits(seq)[len(ids) - 1:-1], draft.logits(seq)[len(ids) - 1:-1]
+        for i, (pl, ql) in enumerate(zip(p_rows, q_rows)):
+            history = seq[: len(ids) + i]
+            p, q = sampler.probs(pl, history), sampler.probs(ql, history)
+            ours.append(np.minimum(p, q).sum())
+            exact_match.append((p * q).sum())
+    spec = target.generate(target.tokenizer.encode_chat([{"role": "user", "content": PROMPTS["chat"][0]}]),
+                           max_tokens=tokens, temperature=1.0, seed=1, ignore_eos=True, draft="tiny-draft",
+                           num_draft=1)
+    return {"runtime": runtime, "positions": len(ours), "min_rule": float(np.mean(ours)),
+            "exact_match_rule": float(np.mean(exact_match)), "measured_acceptance_gamma1": spec.stats.acceptance_rate}
+
+
+def mlxlm_speculation(tokens: int) -> dict:
+    """mlx-lm's own speculative decoding on the same pair (its `draft_model`), greedy and at T=1."""
+    try:
+        from mlx_lm import load as mlx_load, stream_generate
+        from mlx_lm.sample_utils import make_sampler
+    except ImportError:
+        return {"status": "skipped (pip install mlx-lm)"}
+    from edgegen.models import BUNDLED
+
+    model, tok = mlx_load(str(BUNDLED / "tiny-chat"))
+    draft, _ = mlx_load(str(BUNDLED / "tiny-draft"))
+    prompt = tok.apply_chat_template([{"role": "user", "content": PROMPTS["chat"][0]}], add_generation_prompt=True)
+    out = {"status": "ok"}
+    for temp in (0.0, 1.0):
+        for label, kwargs in (("plain", {}), ("draft", {"draft_model": draft, "num_draft_tokens": 3})):
+            t0, n, from_draft, last = time.perf_counter(), 0, 0, None
+            for response in stream_generate(model, tok, prompt, max_tokens=tokens, sampler=make_sampler(temp=temp),
+                                            **kwargs):
+                n += 1
+                from_draft += int(getattr(response, "from_draft", False))
+                last = response
+            out[f"T{temp:g}_{label}"] = {"generation_tps": last.generation_tps, "tokens": n,
+                                         "from_draft_share": from_draft / max(n, 1), "wall_s": time.perf_counter() - t0}
+    return out
+
+
+def large(args: argparse.Namespace) -> list[dict]:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _checkpoint import prompt_ids
+
+    ckpt = ensure_checkpoint_in_child()
+    ids = prompt_ids(ckpt, 128, 0)
+    rows, reference = [], None
+    for quant in ("none", "q8"):
+        model = edgegen.load(str(ckpt), runtime="onnx", quant=quant)
+        plain = run(model, ids, args.tokens, args.repeats)
+        reference = reference or plain["tokens"]
+        rows.append({"target": f"fp32" if quant == "none" else quant, "draft": "none", **plain,
+                     "same_as_fp32": plain["tokens"] == reference})
+        for num in ("auto", 2, 4):
+            r = run(model, ids, args.tokens, args.repeats, draft="q4", num_draft=num)
+            r.update(speedup=r["decode_tok_s"] / plain["decode_tok_s"], lossless=r["tokens"] == plain["tokens"],
+                     same_as_fp32=r["tokens"] == reference)
+            rows.append({"target": "fp32" if quant == "none" else quant, "draft": f"q4 γ={num}", **r})
+            log(f"[0.5B {quant}] q4 γ={num}: {r['speedup']:.2f}×, acceptance {r['acceptance']:.2f}")
+    return rows
+
+
+def summary_table(rows: list[dict]) -> list[tuple[str, ...]]:
+    """Per runtime, kind and draft: the mean over prompts."""
+    header = ("runtime", "prompts", "draft", "γ", "acceptance", "tok/forward", "decode tok/s", "speedup", "lossless")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["runtime"], r["kind"], r["draft"], str(r["num_draft"])), []).append(r)
+    table = [header]
+    for (runtime, kind, draft, num), rs in groups.items():
+        mean = lambda key: statistics.mean(r.get(key, 1.0) for r in rs)  # noqa: E731
+        table.append((runtime, kind, draft, num if draft != "none" else "-", f"{mean('acceptance'):.2f}",
+                      f"{mean('tokens_per_forward'):.2f}", f"{mean('decode_tok_s'):.0f}",
+                      f"{mean('speedup'):.2f}" if draft != "none" else "1.00",
+                      "yes" if all(r.get("lossless", True) for r in rs) else "NO"))
+    return table
+
+
+def main() -> int:
+    args = parse_args()
+    report: dict = {"settings": vars(args) | {"out": str(args.out)}, "versions": versions(), "tiny": [],
+                    "t1": [], "mlx_lm": None, "large": []}
+    for runtime in args.runtimes.split(","):
+        log(f"== tiny-chat on {runtime}")
+        report["tiny"] += tiny_chat(runtime, args)
+        report["t1"].append(acceptance_at_t1(runtime, args.tokens))
+    if "mlx" in args.runtimes:
+        report["mlx_lm"] = mlxlm_speculation(args.tokens)
+    if args.large:
+        report["large"] = large(args)
+    for rows in (report["tiny"], report["large"]):
+        for r in rows:
+            r.pop("tokens", None)
+    print("\n" + console_table(summary_table(report["tiny"])))
+    print("\n" + markdown_table(summary_table(report["tiny"])))
+    print("\nT=1 acceptance per drafted token (same positions):", json.dumps(report["t1"], indent=1))
+    print("mlx-lm speculation:", json.dumps(report["mlx_lm"], indent=1))
+    if report["large"]:
+        print("0.5B-shaped:", json.dumps(report["large"], indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`edgegen perplexity`: token-by-token evaluation through the KV cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgegen.cli._app import main
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--text", "text_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="A UTF-8 text file (default: a bundled held-out page of Python's documentation).")
+@click.option("--kv-bits", default=None, type=click.Choice(["16", "8", "4", "auto"]),
+              help="KV-cache precision (default: the runtime's float cache).")
+@click.option("--kv-group-size", default=64, show_default=True, type=int)
+@click.option("--context", default=None, type=int, help="Window length in tokens (default: the model's context).")
+@click.option("--max-tokens", default=None, type=int, help="Score at most this many tokens of the text.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--provider", default=None, help="ONNX Runtime provider.")
+@click.option("--device", default=None, help="MLX device.")
+@click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None)
+def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, kv_group_size: int,
+               context: int | None, max_tokens: int | None, as_json: bool, **flags: Any) -> None:
+    """Perplexity of MODEL (default: tiny-chat) on a text, each token fed one at a time through the
+    KV cache, with its standard error, KV bytes per token and peak memory."""
+    from tqdm import tqdm
+
+    from edgegen.api import load, peak_rss_mb
+    from edgegen.core.errors import ConfigError
+    from edgegen.core.options import GenerateOptions
+    from edgegen.decoding.perplexity import perplexity as measure
+    from edgegen.models import DEFAULT_MODEL
+
+    options = GenerateOptions.from_kwargs(kv_bits=int(kv_bits) if kv_bits not in (None, "auto") else kv_bits,
+                                          kv_group_size=kv_group_size)
+    text = _read(text_file)
+    llm = load(model or DEFAULT_MODEL, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+    ids = [i for i in llm.tokenizer.encode(text) if i < llm.backend.vocab_size]
+    if max_tokens is not None:
+        if max_tokens < 2:
+            raise ConfigError("--max-tokens must be at least 2")
+        ids = ids[:max_tokens]
+    kv = llm.kv_spec(options)
+    with tqdm(total=max(len(ids) - 1, 0), desc="perplexity", unit="tok", leave=False, disable=None) as bar:
+        result = measure(llm.backend, ids, kv=kv, context=context, on_token=bar.update)
+    report = {"perplexity": round(result.perplexity, 4), "stderr": round(result.stderr, 4), "tokens": result.tokens,
+              "kv_bits": None if kv is None else kv.bits, "kv_bytes_per_token": llm.kv_bytes_per_token(kv),
+              "peak_memory_mb": round(peak_rss_mb(), 1)}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    bits = "float" if kv is None else f"{kv.bits}-bit"
+    click.echo(f"perplexity {report['perplexity']:.3f} ± {report['stderr']:.3f} over {result.tokens} tokens "
+               f"(KV cache {bits}, {report['kv_bytes_per_token']:,.0f} bytes per token); "
+               f"peak memory {report['peak_memory_mb'] / 1024:.3f} GB")
+
+
+def _read(path: Path | None) -> str:
+    from edgegen.core.errors import ConfigError
+
+    if path is None:
+        return (Path(__file__).resolve().parent.parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist; give a UTF-8 text file with --text") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read ({exc.strerror})") from None

@@ -1,0 +1,103 @@
+"""Where speculative drafts come from: a smaller (or quantized) model, or the text so far.
+
+A drafter proposes up to `n` tokens after `history` with the distributions they were drawn from
+(`None` for deterministic drafts: the verifier then treats each proposal as one-hot, which is the
+exact acceptance rule for them). Drafters see only `edgegen.core` protocols.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from edgegen.core.protocols import KVSpec, LanguageModel
+from edgegen.decoding.autoregressive import Session
+from edgegen.decoding.sampling import Sampler
+
+
+@dataclasses.dataclass
+class Proposal:
+    tokens: list[int]
+    probs: list[np.ndarray] | None  # q_i over the draft's vocabulary, or None (deterministic)
+    seconds: float | None = 0.0  # what proposing costs when drafting every iteration (None: unknown)
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal: ...
+
+
+class ModelDrafter:
+    """A draft model with its own KV cache, kept in step with the target's history by the
+    session's prefix reuse (after a rejection it rewinds to the accepted prefix)."""
+
+    def __init__(self, model: LanguageModel, name: str, kv: KVSpec | None = None):
+        self.model, self.name = model, name
+        self.session = Session(model, kv)
+        self.sampler: Sampler | None = None
+        self._for: Sampler | None = None  # the target sampler `self.sampler` was made for
+
+    def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
+        """γ draft forwards in the steady state: one catches up on the 1-2 tokens the target
+        decided (and gives the first draft), γ − 1 extend the draft. After a pause the catch-up
+        runs more tokens; that one-off cost is left out of the reported steady cost."""
+        steady: list[float] = []
+        if self._for is not sampler:  # the draft samples with the target's settings, from its own stream
+            seed = None if sampler.params.seed is None else sampler.params.seed + 1
+            self.sampler, self._for = Sampler(dataclasses.replace(sampler.params, seed=seed)), sampler
+        t0 = time.perf_counter()
+        logits, caught_up = self.session.prefill(list(history))
+        if caught_up <= 2:
+            steady.append(time.perf_counter() - t0)
+        context = list(history)
+        tokens: list[int] = []
+        probs: list[np.ndarray] | None = None if sampler.params.greedy else []
+        room = self.model.context_length - len(context)
+        for i in range(min(n, room)):
+            if probs is None:
+                token = self.sampler(logits, context)  # greedy: argmax, no distribution needed
+            else:
+                q = self.sampler.probs(logits, context)
+                token = int(self.sampler.rng.choice(q.size, p=q))
+                probs.append(q)
+            tokens.append(token)
+            context.append(token)
+            if i + 1 < min(n, room):
+                t0 = time.perf_counter()
+                logits = self.session.feed([token])[-1]
+                steady.append(time.perf_counter() - t0)
+        per_forward = sum(steady) / len(steady) if steady else None
+        return Proposal(tokens, probs, None if per_forward is None else per_forward * len(tokens))
+
+
+class PromptLookupDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last `max_ngram` (down to
+    `min_ngram`) tokens in the prompt and conversation so far, and propose what followed it."""
+
+    name = "prompt-lookup"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
+        t0 = time.perf_counter()
+        tokens = lookup(np.asarray(history, dtype=np.int64), n, self.max_ngram, self.min_ngram)
+        return Proposal(tokens, None, time.perf_counter() - t0)
+
+
+def lookup(history: np.ndarray, n: int, max_ngram: int, min_ngram: int) -> list[int]:
+    """Tokens that followed the most recent earlier match of the longest suffix n-gram."""
+    size = len(history)
+    for k in range(min(max_ngram, size - 1), min_ngram - 1, -1):
+        suffix = history[size - k:]
+        windows = np.lib.stride_tricks.sliding_window_view(history[: size - 1], k)  # starts 0 .. size-1-k
+        hits = np.flatnonzero((windows == suffix).all(axis=1))
+        hits = hits[hits + k < size]  # something must follow the match
+        if hits.size:
+            start = int(hits[-1]) + k
+            return history[start:start + n].tolist()
+    return []

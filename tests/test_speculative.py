@@ -1,0 +1,233 @@
+"""Speculative decoding: greedy output equals plain greedy output token for token, for every draft
+kind and draft length, on fakes and on both runtimes; sampled output follows the target's exact
+distribution (and deliberately broken rules are caught by the same test)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgegen
+from conftest import RUNTIMES
+from edgegen.cli import main
+from edgegen.core.errors import CapabilityError
+from edgegen.core.options import SamplingParams
+from edgegen.core.protocols import Capability
+from edgegen.core.stats import GenerationStats
+from edgegen.decoding import speculative
+from edgegen.decoding.autoregressive import Session, generate
+from edgegen.decoding.draft_length import DraftLength
+from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter, lookup
+from edgegen.decoding.sampling import Sampler
+from fakes import FakeModel
+
+GAMMAS = (1, 2, 4, 8)
+
+
+def drafters(target: FakeModel):
+    wider = FakeModel(vocab_size=target.vocab_size + 4, seed=1)  # a padded vocabulary over the same tokens
+    return {"model": ModelDrafter(wider, "fake-draft"), "self": ModelDrafter(target, "self"),
+            "lookup": PromptLookupDrafter()}
+
+
+def plain(model, prompt, n, stop_ids=(), should_stop=None, params=SamplingParams()):
+    return list(generate(Session(model), prompt, Sampler(params), max_tokens=n, stop_ids=stop_ids,
+                         should_stop=should_stop))
+
+
+def spec(model, drafter, prompt, n, gamma, stop_ids=(), should_stop=None, params=SamplingParams(), stats=None):
+    return list(speculative.generate(Session(model), drafter, prompt, Sampler(params), max_tokens=n,
+                                     draft_length=DraftLength(gamma), stop_ids=stop_ids, stats=stats,
+                                     should_stop=should_stop))
+
+
+@pytest.mark.parametrize("gamma", GAMMAS + (None,))
+@pytest.mark.parametrize("kind", ["model", "self", "lookup"])
+def test_greedy_speculation_equals_greedy(kind, gamma):
+    target = FakeModel(vocab_size=16, sharpness=1.0)
+    prompt = [1, 2, 3, 1, 2, 3, 4]
+    for n in (1, 5, 13, 30):  # 13 and 30 end in the middle of a draft for most γ
+        assert spec(target, drafters(target)[kind], prompt, n, gamma) == plain(target, prompt, n)
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+@pytest.mark.parametrize("kind", ["model", "lookup"])
+def test_generation_ends_at_eos_and_at_a_stop_string_mid_draft(kind, gamma):
+    target = FakeModel(vocab_size=16, sharpness=1.0)
+    prompt = [5, 6, 7, 5, 6]
+    chain = plain(target, prompt, 30)
+    eos = chain[6]
+    assert spec(target, drafters(target)[kind], prompt, 30, gamma, stop_ids=[eos]) == \
+        plain(target, prompt, 30, stop_ids=[eos])
+    stop_after = lambda generated: len(generated) >= 9  # noqa: E731 (a stop string seen after 9 tokens)
+    assert spec(target, drafters(target)[kind], prompt, 30, gamma, should_stop=stop_after) == chain[:9]
+
+
+def test_a_draft_equal_to_the_target_accepts_everything_when_sampling():
+    target = FakeModel(vocab_size=12, sharpness=1.0)
+    stats = GenerationStats()
+    params = SamplingParams(temperature=0.9, top_p=0.9, seed=3)
+    spec(target, ModelDrafter(target, "self"), [1, 2], 40, 4, params=params, stats=stats)
+    assert stats.drafted > 0 and stats.accepted == stats.drafted
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_match():
+    history = np.array([7, 8, 9, 1, 2, 7, 8])
+    assert lookup(history, 3, 3, 1) == [9, 1, 2]
+    assert lookup(np.array([1, 2, 3]), 4, 3, 1) == []
+
+
+def test_missing_capabilities_are_refused_when_built():
+    class NoRollback(FakeModel):
+        capabilities = Capability.LOGITS
+
+    with pytest.raises(CapabilityError, match="rollback"):
+        spec(NoRollback(), PromptLookupDrafter(), [1, 2], 4, 2)
+
+
+# ------------------------------------------------------------------ the sampled distribution
+
+V = 6
+PARAMS = SamplingParams(temperature=0.8, top_k=5, top_p=0.85, min_p=0.02, repetition_penalty=1.3, seed=11)
+
+
+def exact_two_token_distribution(model: FakeModel, prompt: list[int], params: SamplingParams) -> np.ndarray:
+    """P(t1, t2) of plain sampling, computed exactly from the bigram table."""
+    sampler = Sampler(params)
+    joint = np.zeros((V, V))
+    p1 = sampler.probs(model.table[prompt[-1]], prompt)
+    for a in range(V):
+        joint[a] = p1[a] * sampler.probs(model.table[a], prompt + [a])
+    return joint
+
+
+def sampled_two_token_distribution(target: FakeModel, drafter, prompt: list[int], runs: int,
+                                   sampler_class=Sampler) -> np.ndarray:
+    counts = np.zeros((V, V))
+    sampler = sampler_class(PARAMS)  # one seeded stream for all runs
+    for _ in range(runs):
+        tokens = list(speculative.generate(Session(target), drafter, prompt, sampler, max_tokens=3,
+                                           draft_length=DraftLength(3)))
+        counts[tokens[0], tokens[1]] += 1
+    return counts / runs
+
+
+def total_variation(a: np.ndarray, b: np.ndarray) -> float:
+    return 0.5 * float(np.abs(a - b).sum())
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return FakeModel(vocab_size=V, seed=4, sharpness=1.5), FakeModel(vocab_size=V, seed=9, sharpness=1.5)
+
+
+RUNS = 6000
+# With 6000 runs over ≤ 36 outcomes the sampling noise in TV is ≈ 0.02; the broken variants below
+# move the distribution by 0.08 or more. (Measured: correct ≈ 0.015, broken ≥ 0.08.)
+TV_BOUND = 0.04
+
+
+def test_sampled_tokens_follow_the_targets_exact_distribution(pair):
+    target, draft = pair
+    exact = exact_two_token_distribution(target, [2, 3], PARAMS)
+    sampled = sampled_two_token_distribution(target, ModelDrafter(draft, "draft"), [2, 3], RUNS)
+    assert total_variation(sampled, exact) < TV_BOUND
+
+
+def test_prompt_lookup_sampling_follows_the_exact_distribution(pair):
+    target, _ = pair
+    prompt = [1, 2, 3, 4, 1, 2, 3, 4, 5, 1, 2, 3]
+    exact = exact_two_token_distribution(target, prompt, PARAMS)
+    sampled = sampled_two_token_distribution(target, PromptLookupDrafter(), prompt, RUNS)
+    assert total_variation(sampled, exact) < TV_BOUND
+
+
+def test_a_wrong_residual_rule_is_caught(pair, monkeypatch):
+    target, draft = pair
+    monkeypatch.setattr(speculative, "_residual", lambda p, q, x: p)  # forgets to subtract q
+    exact = exact_two_token_distribution(target, [2, 3], PARAMS)
+    sampled = sampled_two_token_distribution(target, ModelDrafter(draft, "draft"), [2, 3], RUNS)
+    assert total_variation(sampled, exact) > TV_BOUND
+
+
+def test_top_p_applied_to_one_side_only_is_caught(pair):
+    target, draft = pair
+
+    class TargetWithoutTopP(Sampler):  # verifies against the target without its top-p
+        def probs(self, logits, history=()):
+            import dataclasses
+
+            return Sampler(dataclasses.replace(self.params, top_p=1.0)).probs(logits, history)
+
+    exact = exact_two_token_distribution(target, [2, 3], PARAMS)
+    sampled = sampled_two_token_distribution(target, ModelDrafter(draft, "draft"), [2, 3], RUNS, TargetWithoutTopP)
+    assert total_variation(sampled, exact) > TV_BOUND
+
+
+# ------------------------------------------------------------------ both runtimes
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_greedy_speculation_on_both_runtimes(runtime, converted):
+    target = edgegen.load(converted("qwen2", runtime))
+    prompt = target.tokenizer.encode("The number 12 follows 11 and comes before 13. The number")
+    expected = target.generate(prompt, max_tokens=21, ignore_eos=True).token_ids
+    for draft, gamma in itertools.product([str(converted("llama", runtime)), "q4", "prompt-lookup"], GAMMAS):
+        target.reset()
+        result = target.generate(prompt, max_tokens=21, ignore_eos=True, draft=draft, num_draft=gamma)
+        assert result.token_ids == expected, (draft, gamma)
+        assert result.stats.forwards < 21 + 1 or draft == str(converted("llama", runtime))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_quantized_self_draft_accepts_most_proposals(runtime, converted):
+    target = edgegen.load(converted("qwen2", runtime))
+    result = target.generate("The number 7", max_tokens=24, ignore_eos=True, draft="q8", num_draft=4)
+    assert result.stats.acceptance_rate > 0.5 and result.stats.tokens_per_forward > 1.5
+
+
+def test_chat_keeps_the_drafts_cache_across_turns(converted):
+    model = edgegen.load(converted("qwen2", "onnx"))
+    messages = [{"role": "user", "content": "The number 3"}]
+    first = model.chat(messages, max_tokens=6, draft="q8", num_draft=2)
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "and 4"}]
+    model.chat(messages, max_tokens=6, draft="q8", num_draft=2)
+    drafter = next(iter(model._drafts.cache.values()))
+    conversation = model.tokenizer.encode_chat(messages)
+    assert drafter.session.tokens[: len(conversation)] == conversation
+
+
+def test_a_draft_with_another_tokenizer_is_one_line(converted):
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "3",
+                                       "--draft", "tiny-draft"])
+    assert result.exit_code == 2 and "another tokenizer" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_json_reports_speculation(converted):
+    import json
+
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "The number 5", "-m", "8",
+                                       "--draft", "prompt-lookup", "--num-draft", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    timing = json.loads(result.stdout)["timing"]
+    assert {"acceptance_rate", "tokens_per_forward", "draft_length", "forwards"} <= set(timing)
+
+
+def test_draft_length_falls_back_to_plain_decoding_when_drafts_cannot_pay():
+    policy = DraftLength(None, maximum=8)
+    for _ in range(40):  # drafts cost as much as the target, and half of them are rejected
+        gamma = policy.next()
+        policy.observe(gamma, gamma // 2, 1.0 * gamma, 1.0 + 0.05 * gamma)
+    choices = [policy.next() for _ in range(64)]
+    assert choices.count(0) >= 56  # plain decoding, with a rare one-token probe
+
+
+def test_draft_length_drafts_long_when_drafts_are_cheap_and_accepted():
+    policy = DraftLength(None, maximum=8)
+    for _ in range(20):
+        gamma = policy.next() or 1
+        policy.observe(gamma, gamma if gamma < 6 else gamma - 1, 0.01 * gamma, 1.0 + 0.03 * gamma)
+    assert policy.next() >= 5
