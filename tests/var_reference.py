@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 import numpy as np
@@ -334,10 +335,12 @@ class VQVAE(nn.Module):
 
 # ============================================================================ inference with injected tokens
 @torch.no_grad()
-def run_scales(var: VAR, vae: VQVAE, labels, cfg: float, tokens=None, pick=None):
+def run_scales(var: VAR, vae: VQVAE, labels, cfg: float, tokens=None, pick=None, timing: dict | None = None):
     """The cached inference loop with CFG (batch [cond; uncond]). Per scale, the guided logits go
     to `pick(scale, logits (B, pn², V)) → tokens (B, pn²)` unless `tokens[scale]` is given.
-    Returns (raw logits per scale (2B, pn², V), tokens per scale, f̂ after each scale, image)."""
+    Returns (raw logits per scale (2B, pn², V), tokens per scale, f̂ after each scale, image);
+    `timing` (if given) receives the seconds of the scales ("transformer") and of the decoder."""
+    start = time.perf_counter()
     B, K, q = len(labels), len(var.patch_nums), vae.quantize
     labels = torch.as_tensor(labels)
     cond = var.class_emb(torch.cat([labels, torch.full_like(labels, var.num_classes)]))
@@ -359,7 +362,11 @@ def run_scales(var: VAR, vae: VQVAE, labels, cfg: float, tokens=None, pick=None)
             nxt = var.patch_nums[si + 1]
             z = F.interpolate(f_hat, size=(nxt, nxt), mode="area").flatten(2).transpose(1, 2)
             x = var.next_input(z, si + 1).repeat(2, 1, 1)
-    return all_logits, all_tokens, f_hats, vae.fhat_to_img(f_hat)
+    middle = time.perf_counter()
+    image = vae.fhat_to_img(f_hat)
+    if timing is not None:
+        timing.update(transformer=middle - start, decoder=time.perf_counter() - middle)
+    return all_logits, all_tokens, f_hats, image
 
 
 def randomize(module: nn.Module, std: float = 0.3, seed: int = 0) -> nn.Module:

@@ -42,6 +42,7 @@ class Manifest:
     config: dict[str, Any]  # the Hugging Face config.json as read
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> file name
     kv: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"bytes_per_token": {"float", "16", "8", "4"}}
+    diffusion: dict[str, Any] = dataclasses.field(default_factory=dict)  # family "dllm": the resolved DiffusionSpec
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -71,6 +72,15 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade edgegen"
             )
         return manifest
+
+    def _diffusion_rows(self) -> list[tuple[str, str]]:
+        d = self.diffusion
+        if not d:
+            return []
+        attention = {"block": "block-causal", "full": "bidirectional"}.get(d.get("attention"), d.get("attention"))
+        extra = ", logits shifted" if d.get("shift") else ""
+        return [("diffusion", f"{attention}, block {d.get('block_size')}, mask id {d.get('mask_token_id')}{extra}; "
+                              f"default rule {d.get('rule')} (threshold {d.get('threshold')}), cache {d.get('cache')}")]
 
     def _kv_rows(self) -> list[tuple[str, str]]:
         table = self.kv.get("bytes_per_token") or {}
@@ -106,6 +116,7 @@ class Manifest:
         return [
             ("family", FAMILIES.get(self.family, self.family)),
             ("architecture", self.architecture),
+            *self._diffusion_rows(),
             ("runtime", self.runtime),
             ("dtype", self.dtype),
             ("quantization", quant),

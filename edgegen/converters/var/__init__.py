@@ -42,6 +42,15 @@ def check_options(options: Any) -> None:
                           "use --dtype fp32 or fp16, or --runtime mlx for bf16")
     if options.runtime == "onnx" and options.dtype == "fp16" and options.quant != "none":
         raise ConfigError("--dtype fp16 and --quant both shrink ONNX weights; choose one of them")
+    if options.runtime == "onnx" and options.quant == "q8" and options.group_size is not None:
+        raise ConfigError("ONNX q8 VAR models use per-channel int8 weights; drop --group-size (it applies to q4)")
+
+
+def quantization(options: Any) -> Quantization:
+    """The manifest's record: ONNX q8 is per-channel (no group size), the rest as the options say."""
+    if options.runtime == "onnx" and options.quant == "q8":
+        return Quantization("q8", None)
+    return options.quantization()
 
 
 def write_var(source: Any, out: Path, options: Any) -> None:
@@ -49,7 +58,7 @@ def write_var(source: Any, out: Path, options: Any) -> None:
     from edgegen.converters.var.checkpoint import host_tensors, open_var_checkpoint
 
     check_options(options)
-    quant = options.quantization()
+    quant = quantization(options)
     with tqdm(total=3, desc=f"convert VAR → {options.runtime}", unit="step", leave=False, disable=None) as bar:
         bar.set_postfix_str("reading weights")
         ckpt = open_var_checkpoint(Path(source.folder))
