@@ -27,16 +27,19 @@ PROMPT = "Explain what json.dumps does, with an example."
 
 
 def generate_cli(model: str, tokens: int, runtime: str | None) -> float:
-    """decode tok/s of what `edgegen generate` runs (chat-templated prompt, one warm-up), EOS ignored."""
+    """decode tok/s of what `edgegen generate` runs (chat-templated prompt), EOS ignored, after one
+    warm-up run of the same length (a server that has answered a few requests is warm too)."""
     code = ("import json, sys, edgegen\n"
             "from edgegen.cli.generate import prompt_ids\n"
             f"m = edgegen.load({model!r}, runtime={runtime!r})\n"
             f"ids = prompt_ids(m, {PROMPT!r}, False)\n"
-            f"m.generate(ids, max_tokens=4, ignore_eos=True)\n"  # warm-up, as the server's start does
+            f"m.generate(ids, max_tokens={tokens}, ignore_eos=True)\n"  # warm-up: steady state, as a server's
             f"r = m.generate(ids, max_tokens={tokens}, ignore_eos=True, temperature=0)\n"
             "print(json.dumps(r.stats.timing()))\n")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["decode_tokens_per_s"]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the generate child failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["decode_tokens_per_s"]
 
 
 def start_server(model: str, runtime: str | None) -> tuple[subprocess.Popen, str]:
@@ -123,7 +126,7 @@ def main() -> None:
     client = httpx.Client(base_url=url, trust_env=False, timeout=600)
     runs: dict[str, list[float]] = {k: [] for k in ("generate", "server", "stream", "stream_client")}
     try:
-        through_server(client, 8, True)  # warm-up
+        through_server(client, args.tokens, True)  # warm-up
         for i in range(args.repeats):
             runs["generate"].append(generate_cli(args.model, args.tokens, args.runtime))
             runs["server"].append(through_server(client, args.tokens, False)[0])
