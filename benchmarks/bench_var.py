@@ -51,7 +51,8 @@ def converted(depth: int, name: str, src: Path) -> Path:
     return out
 
 
-def measure(depth: int, names: list[str], threads: int) -> dict[str, dict]:
+def measure(depth: int, names: list[str], threads: int, save=lambda results: None) -> dict[str, dict]:
+    """Time each configuration in turn; `save(results)` after each, so a long run keeps what it has."""
     results: dict[str, dict] = {}
     models = vm.build_models(depth) if "torch" in names or not (vm.CACHE_ROOT / f"var-d{depth}-random").exists() else None
     src = vm.checkpoint(depth, models)
@@ -61,6 +62,7 @@ def measure(depth: int, names: list[str], threads: int) -> dict[str, dict]:
         torch.set_num_threads(threads)
         log("torch: one image ...")
         results["torch"] = vm.torch_seconds(*models, **SETTINGS)
+        save(results)
     del models
     gc.collect()
     for name in names:
@@ -74,6 +76,7 @@ def measure(depth: int, names: list[str], threads: int) -> dict[str, dict]:
             results[name] = {"error": " ".join(str(exc).split())[:300]}
         gc.collect()
         log(f"{name}: {results[name]}")
+        save(results)
     return results
 
 
@@ -113,16 +116,19 @@ def main() -> None:
         parser.error(f"unknown configuration {unknown[0]}; choose from {', '.join(CONFIGS)}")
     os.environ.setdefault("EDGEGEN_THREADS", str(args.threads))
     load_before = os.getloadavg()
-    results = measure(args.depth, names, args.threads)
-    text = table(results)
-    print(text)
-    report = {"model": f"VAR-d{args.depth}-shaped, random weights, 256x256, 10 scales (680 tokens), CFG batch 2",
-              "settings": SETTINGS, "threads": args.threads, "cpu_count": os.cpu_count(),
-              "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
-              "load_average_after": os.getloadavg(), "versions": versions(), "results": results, "table": text,
-              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    def save(results: dict[str, dict]) -> str:
+        text = table(results)
+        report = {"model": f"VAR-d{args.depth}-shaped, random weights, 256x256, 10 scales (680 tokens), CFG batch 2",
+                  "settings": SETTINGS, "threads": args.threads, "cpu_count": os.cpu_count(),
+                  "machine": platform.processor() or platform.machine(), "load_average_before": load_before,
+                  "load_average_after": os.getloadavg(), "versions": versions(), "results": results,
+                  "table": text, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return text
+
+    print(save(measure(args.depth, names, args.threads, save)))
     log(f"saved {args.out}")
 
 

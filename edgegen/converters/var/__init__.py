@@ -63,11 +63,13 @@ def write_var(source: Any, out: Path, options: Any) -> None:
         bar.set_postfix_str("reading weights")
         ckpt = open_var_checkpoint(Path(source.folder))
         bar.update(1)
-        save_file(host_tensors(ckpt), str(out / HOST_FILE))
+        host = host_tensors(ckpt)
+        save_file(host, str(out / HOST_FILE))
         if options.runtime == "onnx":
             from edgegen.converters.var.onnx_export import export_onnx
 
-            files = export_onnx(ckpt.config, ckpt.var, ckpt.vae, out, options.dtype, quant, bar.set_postfix_str)
+            files = export_onnx(ckpt.config, ckpt.var, ckpt.vae, out, options.dtype, quant, bar.set_postfix_str,
+                                calibration=lambda: calibration_maps(ckpt.config, host))
         else:
             from edgegen.converters.var.mlx_export import export_mlx
 
@@ -76,6 +78,22 @@ def write_var(source: Any, out: Path, options: Any) -> None:
         bar.update(1)
         _manifest(ckpt, source, options, quant, {"host": HOST_FILE, **files}).write(out)
         bar.update(1)
+
+
+def calibration_maps(config: Any, host: dict, count: int = 4, seed: int = 0) -> list:
+    """(1, Cvae, h, w) f̂ maps accumulated from random tokens at every scale, as the sampler builds
+    them: the activation ranges the int8 decoder is calibrated on."""
+    import numpy as np
+
+    from edgegen.runtimes._var import MultiScaleQuantizer
+
+    quantizer, rng, maps = MultiScaleQuantizer(config, host), np.random.default_rng(seed), []
+    for _ in range(count):
+        f_hat = np.zeros((1, config.latent_size, config.latent_size, config.vae.z_channels), np.float32)
+        for k, side in enumerate(config.patch_nums):
+            f_hat = quantizer.add(f_hat, k, rng.integers(0, config.vocab_size, (1, side * side)))
+        maps.append(np.ascontiguousarray(f_hat.transpose(0, 3, 1, 2)))
+    return maps
 
 
 def _manifest(ckpt: Any, source: Any, options: Any, quant: Quantization, files: dict[str, str]) -> Manifest:
