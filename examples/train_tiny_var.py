@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -99,7 +98,8 @@ def restart_dead_codes(vae: VQVAE, f: torch.Tensor, hits: torch.Tensor, g: torch
 
 
 # ----------------------------------------------------------------------------- stage 2: VAR
-def train_var(vae: VQVAE, images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, seed: int) -> VAR:
+def train_var(vae: VQVAE, images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int, seed: int,
+              snapshot=lambda var, step: None) -> VAR:
     with torch.no_grad():
         ids, _ = vae.quantize.tokens(vae.quant_conv(vae.encoder(images)))
         inputs = vae.quantize.var_input(ids)
@@ -124,6 +124,8 @@ def train_var(vae: VQVAE, images: torch.Tensor, labels: torch.Tensor, steps: int
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             print(f"var step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+        if step % 250 == 249:
+            snapshot(var, step + 1)
     return var.eval()
 
 
@@ -194,14 +196,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--finish-from", type=int, default=0, help="save the snapshot after this many VAR steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from tiny_var_data import train_classifier
 
     start = time.time()
     images, labels = digit_images(32)
-    vae = train_vae(images, args.vae_steps, args.batch, args.seed)
-    var = train_var(vae, images, labels, args.var_steps, args.batch, args.seed)
+    stage = args.out.parent / f".{args.out.name}-stages"  # snapshots, to resume or to stop early
+    stage.mkdir(parents=True, exist_ok=True)
+    if (stage / "vae.pt").is_file():
+        vae = VQVAE(**VAE_ARGS)
+        vae.load_state_dict(torch.load(stage / "vae.pt", weights_only=True))
+        vae.eval()
+    else:
+        vae = train_vae(images, args.vae_steps, args.batch, args.seed)
+        torch.save(vae.state_dict(), stage / "vae.pt")
+    if args.finish_from:  # stop early: evaluate and save the snapshot taken after that many steps
+        var = VAR(**VAR_ARGS)
+        var.load_state_dict(torch.load(stage / f"var-{args.finish_from}.pt", weights_only=True))
+        var.eval()
+        args.var_steps = args.finish_from
+    else:
+        snapshot = lambda model, step: torch.save(model.state_dict(), stage / f"var-{step}.pt")  # noqa: E731
+        var = train_var(vae, images, labels, args.var_steps, args.batch, args.seed, snapshot)
     round_to_fp16(var), round_to_fp16(vae)
     classifier, held_out = train_classifier(args.seed)
     accuracy = {cfg: evaluate(var, vae, classifier, 20, cfg, 0, args.seed) for cfg in (0.0, 1.0, 2.0, 4.0)}
