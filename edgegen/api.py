@@ -22,7 +22,8 @@ from edgegen.core.outputs import atomic_file
 from edgegen.core.options import GenerateOptions
 from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
-from edgegen.decoding import speculative
+from edgegen.core.diffusion import DiffusionSpec
+from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, generate
 from edgegen.decoding.draft_length import DraftLength
 from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
@@ -170,6 +171,11 @@ class Model:
         sampler = Sampler(options.sampling)
         stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
         common = dict(max_tokens=options.max_tokens, stop_ids=stop_ids, stats=stats, should_stop=should_stop)
+        if self.manifest.family == "dllm":
+            if options.speculative.draft is not None:
+                raise ConfigError("a diffusion LLM decodes blocks in parallel; --draft (speculative decoding) "
+                                  "applies to autoregressive models")
+            return block_diffusion.generate(self.session, ids, sampler, self._diffusion_plan(options), **common)
         spec = options.speculative
         if spec.draft is None:
             return generate(self.session, ids, sampler, **common)
@@ -177,6 +183,12 @@ class Model:
         fixed = None if spec.num_draft == "auto" else spec.num_draft
         return speculative.generate(self.session, drafter, ids, sampler,
                                     draft_length=DraftLength(fixed, spec.max_draft), **common)
+
+    def _diffusion_plan(self, options: GenerateOptions):
+        d = options.diffusion
+        spec = DiffusionSpec.from_dict(self.manifest.diffusion)
+        return block_diffusion.plan(spec, block_size=d.block_size, rule=d.rule, threshold=d.threshold,
+                                    steps=d.steps, cache=d.dllm_cache, refresh_every=d.refresh_every)
 
     def kv_bytes_per_token(self, kv: KVSpec | None) -> float:
         """What the KV cache `kv` costs per token on this model's runtime."""

@@ -106,6 +106,10 @@ class Tokenizer:
         """token text -> id for the whole vocabulary (added and special tokens included)."""
         return self._backend.vocabulary()
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a token's text, or None when the vocabulary lacks it."""
+        return self._id_of(token)
+
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._backend.encode(clean_text(text), add_special_tokens)
 

@@ -1,4 +1,5 @@
-"""The decoder-only transformer shared by Llama, Mistral and Qwen2/3: config, RoPE, weight names.
+"""The decoder-only transformer shared by Llama, Mistral, Qwen2/3 and the diffusion LLMs built on
+them (SDAR, Fast-dLLM v2, Dream, LLaDA, BD3-LM): config, RoPE, weight names.
 
 Backend-free (numpy only). Each `archs/<model_type>.py` turns a Hugging Face `config.json` into a
 `DecoderConfig` with its own feature flags; runtimes build their graphs from this alone.
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -36,6 +38,14 @@ class DecoderConfig:
     o_proj_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm on each head of q and k before RoPE (Qwen3)
+    norm: str = "rms"  # "rms" (RMSNorm) | "layer" (LayerNorm with weight and bias, BD3-LM)
+    mlp: str = "swiglu"  # "swiglu" (gate/up/down) | "gelu" (up, tanh GELU, down, with biases: BD3-LM)
+    lm_head_bias: bool = False
+    diffusion: DiffusionSpec | None = None  # set for diffusion LLMs (manifest family "dllm")
+
+    @property
+    def family(self) -> str:
+        return "ar" if self.diffusion is None else "dllm"
 
     @property
     def context_length(self) -> int:
@@ -53,8 +63,12 @@ class DecoderConfig:
         for i in range(self.num_hidden_layers):
             shapes.update(_layer_shapes(self, f"model.layers.{i}.", h, q, kv))
         shapes["model.norm.weight"] = (h,)
+        if self.norm == "layer":
+            shapes["model.norm.bias"] = (h,)
         if not self.tie_word_embeddings:
             shapes["lm_head.weight"] = (self.vocab_size, h)
+        if self.lm_head_bias:
+            shapes["lm_head.bias"] = (self.vocab_size,)
         return shapes
 
 
@@ -67,18 +81,22 @@ def _layer_shapes(c: DecoderConfig, p: str, h: int, q: int, kv: int) -> dict[str
         p + "self_attn.k_proj.weight": (kv, h),
         p + "self_attn.v_proj.weight": (kv, h),
         p + "self_attn.o_proj.weight": (h, q),
-        p + "mlp.gate_proj.weight": (f, h),
         p + "mlp.up_proj.weight": (f, h),
         p + "mlp.down_proj.weight": (h, f),
     }
+    if c.mlp == "swiglu":
+        s[p + "mlp.gate_proj.weight"] = (f, h)
+    if c.norm == "layer":
+        s.update({p + "input_layernorm.bias": (h,), p + "post_attention_layernorm.bias": (h,)})
     if c.attention_bias:
         s.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
                   p + "self_attn.v_proj.bias": (kv,)})
     if c.o_proj_bias:
         s[p + "self_attn.o_proj.bias"] = (h,)
     if c.mlp_bias:
-        s.update({p + "mlp.gate_proj.bias": (f,), p + "mlp.up_proj.bias": (f,),
-                  p + "mlp.down_proj.bias": (h,)})
+        s.update({p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (h,)})
+        if c.mlp == "swiglu":
+            s[p + "mlp.gate_proj.bias"] = (f,)
     if c.qk_norm:
         s.update({p + "self_attn.q_norm.weight": (c.head_dim,), p + "self_attn.k_norm.weight": (c.head_dim,)})
     return s

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import click
 
 from edgegen.cli._app import main
+from edgegen.core.options import DLLM_CACHES, DLLM_RULES
 
 
 def decoding_options(func: Callable) -> Callable:
@@ -30,9 +31,23 @@ def decoding_options(func: Callable) -> Callable:
         click.option("--max-draft", default=8, show_default=True, type=int, help="The most --num-draft auto drafts."),
         click.option("--kv-bits", default=None, type=click.Choice(["16", "8", "4", "auto"]),
                      help="KV-cache precision (default: the runtime's float cache); auto picks the smallest "
-                          "within 1%% of its perplexity."),
+                          "within 1% of its perplexity."),
         click.option("--kv-group-size", default=64, show_default=True, type=int,
                      help="Values per scale of a quantized KV cache (MLX)."),
+        click.option("--ignore-eos", is_flag=True, help="Keep generating past the end-of-sequence token."),
+        click.option("--block-size", default=None, type=int,
+                     help="Diffusion LLMs: tokens per block (default: the model's)."),
+        click.option("--threshold", default=None, type=float,
+                     help="Diffusion LLMs: confidence that commits a token (threshold, dynamic rules)."),
+        click.option("--rule", default=None, type=click.Choice(DLLM_RULES),
+                     help="Diffusion LLMs: how many masked tokens each forward commits (default: the model's)."),
+        click.option("--steps", default=None, type=int,
+                     help="Diffusion LLMs: forwards per block for the quota and timestep rules."),
+        click.option("--dllm-cache", default=None, type=click.Choice(DLLM_CACHES),
+                     help="Diffusion LLMs: block (exact, block-causal models); dual, prefix (approximate, "
+                          "bidirectional models); none."),
+        click.option("--refresh-every", default=0, type=int,
+                     help="Diffusion LLMs with a dual or prefix cache: refresh it every N forwards too."),
         click.option("--provider", default=None, help="ONNX Runtime provider: cpu, coreml, qnn, dml, cuda, auto."),
         click.option("--device", default=None, help="MLX device: gpu (Metal), cpu, auto."),
         click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None,

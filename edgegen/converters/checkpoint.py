@@ -38,7 +38,15 @@ class Checkpoint:
                     yield name, array.astype(np.float32)
 
     def load_weights(self) -> dict[str, np.ndarray]:
-        weights = dict(self.tensors())
+        """The tensors under the shared decoder's names; architectures with their own names or
+        layout (LLaDA, BD3-LM) map them with their `convert_weights`."""
+        arch = registry.arch_module(self.config.model_type)
+        if hasattr(arch, "convert_weights"):
+            raw = {name: array.astype(np.float32) for path in self.weight_files
+                   for name, array in _read_safetensors(path) if array.dtype.kind == "f" or array.dtype == ml_dtypes.bfloat16}
+            weights = arch.convert_weights(raw, self.config)
+        else:
+            weights = dict(self.tensors())
         _check_shapes(weights, self.config.weight_shapes())
         return weights
 

@@ -120,7 +120,21 @@ def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: 
     kv = {"bytes_per_token": kv_table(options.runtime, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                                       float_bytes)}
     return Manifest(
-        family="ar", architecture=c.model_type, runtime=options.runtime, dtype=options.dtype,
+        family=c.family, architecture=c.model_type, runtime=options.runtime, dtype=options.dtype,
         quantization=quant, context_length=c.context_length, vocab_size=c.vocab_size,
         special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
-        source=origin, config=ckpt.hf_config, files=files, kv=kv)
+        source=origin, config=ckpt.hf_config, files=files, kv=kv, diffusion=_diffusion(c, tokenizer))
+
+
+def _diffusion(c, tokenizer: Tokenizer) -> dict:
+    """The diffusion spec with its mask id resolved (from the tokenizer where the config has none)."""
+    spec = c.diffusion
+    if spec is None:
+        return {}
+    mask = spec.mask_token_id
+    if mask is None:
+        mask = tokenizer.token_id(spec.mask_token) if spec.mask_token else None
+    if mask is None or not 0 <= mask < c.vocab_size:
+        raise ConfigError(f"cannot find the mask token of this {c.model_type} model (no mask_token_id in config.json "
+                          f"and no {spec.mask_token!r} in the tokenizer); add mask_token_id to config.json")
+    return {**spec.to_dict(), "mask_token_id": int(mask)}

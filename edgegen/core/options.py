@@ -87,6 +87,36 @@ class KVOptions:
             raise ConfigError(f"kv_group_size must be 32, 64 or 128, got {self.kv_group_size!r}")
 
 
+DLLM_RULES = ("fixed", "threshold", "factor", "dynamic", "entropy_bounded", "first_hitting", "origin",
+              "maskgit_plus", "topk_margin", "entropy")
+DLLM_CACHES = ("block", "dual", "prefix", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionOptions:
+    """Block-diffusion decoding of diffusion LLMs; None takes the model family's default."""
+
+    block_size: int | None = None
+    threshold: float | None = None  # confidence for the threshold / dynamic rules
+    rule: str | None = None  # see edgegen.decoding.commit_rules
+    steps: int | None = None  # forwards per block the quota / timestep schedules use (default: block size)
+    dllm_cache: str | None = None  # block-causal: block | none; bidirectional: dual | prefix | none
+    refresh_every: int = 0  # bidirectional caches: also refresh every N forwards (0: at block starts only)
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None:
+            object.__setattr__(self, "block_size", _number("block_size", self.block_size, int, 1, 4096))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", _number("threshold", self.threshold, float, 0, 1))
+        if self.rule is not None and self.rule not in DLLM_RULES:
+            raise ConfigError(f"rule must be one of {', '.join(DLLM_RULES)}, got {self.rule!r}")
+        if self.steps is not None:
+            object.__setattr__(self, "steps", _number("steps", self.steps, int, 1, 4096))
+        if self.dllm_cache is not None and self.dllm_cache not in DLLM_CACHES:
+            raise ConfigError(f"dllm_cache must be one of {', '.join(DLLM_CACHES)}, got {self.dllm_cache!r}")
+        object.__setattr__(self, "refresh_every", _number("refresh_every", self.refresh_every, int, 0, 4096))
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerateOptions:
     """Everything a generation call can be asked for."""
@@ -97,6 +127,7 @@ class GenerateOptions:
     sampling: SamplingParams = SamplingParams()
     speculative: SpeculativeOptions = SpeculativeOptions()
     kv: KVOptions = KVOptions()
+    diffusion: DiffusionOptions = DiffusionOptions()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
@@ -138,4 +169,5 @@ class GenerateOptions:
 
 
 _TOP_LEVEL = ("max_tokens", "stop", "ignore_eos")
-_GROUPS = {"sampling": SamplingParams, "speculative": SpeculativeOptions, "kv": KVOptions}
+_GROUPS = {"sampling": SamplingParams, "speculative": SpeculativeOptions, "kv": KVOptions,
+           "diffusion": DiffusionOptions}

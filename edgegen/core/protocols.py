@@ -61,8 +61,9 @@ class Feed:
     `positions[i]` (default: cache.length + i). `blocks=None` is causal attention; otherwise input i
     sees input j iff blocks[j] <= blocks[i] (all equal: bidirectional), and always sees the cache
     except slots `hidden` = [start, end). With `commit` the inputs' keys and values are appended to
-    the cache; without it they are only attended to, and the cache keeps its length. `rows` > 0
-    returns the logits of the last `rows` inputs only; 0 returns all of them.
+    the cache; without it they are only attended to, and the cache keeps its length. `rows` picks
+    the inputs whose logits come back: 0 all of them, n > 0 the last n, (start, end) a range (only
+    those rows go through the LM head).
     """
 
     tokens: Sequence[int] = ()
@@ -71,11 +72,30 @@ class Feed:
     blocks: Sequence[int] | None = None
     hidden: tuple[int, int] | None = None
     commit: bool = True
-    rows: int = 0
+    rows: int | tuple[int, int] = 0
 
     @property
     def length(self) -> int:
         return len(self.tokens) + (0 if self.embeddings is None else len(self.embeddings))
+
+    def row_range(self) -> tuple[int, int]:
+        """[start, end) of the inputs whose logits are returned."""
+        if isinstance(self.rows, tuple):
+            return self.rows
+        n = self.length
+        return (n - self.rows, n) if self.rows else (0, n)
+
+    def attention_mask(self, past: int) -> np.ndarray | None:
+        """bool (length, past + length): input i may see key j; None for plain causal attention."""
+        if self.blocks is None and self.hidden is None:
+            return None
+        n = self.length
+        blocks = np.arange(n) if self.blocks is None else np.asarray(self.blocks)
+        mask = np.ones((n, past + n), dtype=bool)
+        mask[:, past:] = blocks[None, :] <= blocks[:, None]
+        if self.hidden is not None:
+            mask[:, self.hidden[0]:self.hidden[1]] = False
+        return mask
 
     def needs(self) -> Capability:
         need = Capability.LOGITS

@@ -30,12 +30,17 @@ class Session:
 
     def feed(self, tokens: Sequence[int], *, last_only: bool = True):
         """Run `tokens` after what the cache holds; returns their logits (or the last one's)."""
-        if self.cache.length + len(tokens) > self.model.context_length:
+        return self.run(Feed(tokens, rows=1 if last_only else 0))
+
+    def run(self, feed: Feed):
+        """One forward pass over the cache; a committed feed of token ids extends `tokens`."""
+        if self.cache.length + feed.length > self.model.context_length:
             raise ContextOverflow(
-                f"{self.cache.length + len(tokens)} tokens do not fit the context of "
+                f"{self.cache.length + feed.length} tokens do not fit the context of "
                 f"{self.model.context_length}; shorten the prompt or /reset the conversation")
-        logits = self.model.forward(Feed(tokens, rows=1 if last_only else 0), self.cache)
-        self.tokens.extend(tokens)
+        logits = self.model.forward(feed, self.cache)
+        if feed.commit:
+            self.tokens.extend(feed.tokens)
         return logits
 
     def prefill(self, prompt: Sequence[int]) -> tuple[object, int]:
@@ -115,13 +120,12 @@ def generate(session: Session, prompt: Sequence[int], sampler: Sampler, *, max_t
     max_tokens = check_prompt(prompt, session.model.context_length, max_tokens)
     out = Emitter(prompt, stats, max_tokens=max_tokens, stop_ids=stop_ids, should_stop=should_stop)
     logits, stats.prompt_tokens = session.prefill(list(prompt))
-    stats.forwards = 1  # the prefill's last position gives the first token
     while True:
         token = sampler(logits, out.history)
         if not out.accept(token):
             return
+        stats.forwards += 1  # one forward per generated token (the prefill's gave the first)
         yield token
         if out.done():
             return
         logits = session.feed([token])[-1]
-        stats.forwards += 1

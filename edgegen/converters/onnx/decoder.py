@@ -25,34 +25,44 @@ Weights = dict[str, np.ndarray]
 def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
                   on_layer: Callable[[int], None] = lambda i: None) -> ir.Model:
     """The whole graph. `separate_lm_head` gives the head its own (transposed) MatMul weight even
-    when embeddings are tied, so that weight quantization can turn it into MatMulNBits."""
+    when embeddings are tied, so that weight quantization can turn it into MatMulNBits.
+
+    Autoregressive models attend causally (GQA's own mask) and keep the last `logits_to_keep`
+    positions. Diffusion LLMs attend with `causal=0`, an `attention_bias` (the block structure, as
+    data) and explicit `position_ids`, and keep the positions [start, end) of `logits_range`."""
     g = GraphBuilder()
     ids = g.input("input_ids", I64, ["batch_size", "ids_length"])
     embeds = g.input("inputs_embeds", F32, ["batch_size", "embeds_length", c.hidden_size])
-    seqlens_k = g.input("seqlens_k", I32, ["batch_size"])
-    total_len = g.input("total_sequence_length", I32, [])
-    keep = g.input("logits_to_keep", I64, [1])
-    cos, sin = _rotary_caches(g, c)
+    step = {"seqlens_k": g.input("seqlens_k", I32, ["batch_size"]),
+            "total_len": g.input("total_sequence_length", I32, [])}
+    if c.diffusion is None:
+        keep = g.input("logits_to_keep", I64, [1])
+    else:
+        step["positions"] = g.input("position_ids", I64, ["batch_size", "sequence_length"])
+        step["bias"] = g.input("attention_bias", F32, [1, 1, "sequence_length", "total_sequence_length"])
+        keep = g.input("logits_range", I64, [2])
+    step["cos"], step["sin"] = _rotary_caches(g, c)
     table = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])  # (vocab, hidden)
     x = g.op("Gather", "/model/embed_tokens", [table, ids])  # (B, S_ids, hidden)
     x = g.op("Concat", "/model/inputs", [x, embeds], axis=1)  # token ids first, then given embeddings
     residual, delta = x, None
     for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        h, residual = _norm(g, c, f"/model/layers.{i}/input_layernorm", delta, residual, w[p + "input_layernorm.weight"])
+        h, residual = _norm(g, c, w, f"model.layers.{i}.input_layernorm", delta, residual)
         past = [g.input(f"past_key_values.{i}.{kv}", F32, ["batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim])
                 for kv in ("key", "value")]
-        attn, present_k, present_v = _attention(g, c, w, i, h, past, seqlens_k, total_len, cos, sin)
-        h, residual = _norm(g, c, f"/model/layers.{i}/post_attention_layernorm", attn, residual,
-                            w[p + "post_attention_layernorm.weight"])
+        attn, present_k, present_v = _attention(g, c, w, i, h, past, step)
+        h, residual = _norm(g, c, w, f"model.layers.{i}.post_attention_layernorm", attn, residual)
         delta = _mlp(g, c, w, i, h)
         for kv, value in (("key", present_k), ("value", present_v)):
             g.output(value, f"present.{i}.{kv}", F32,
                      ["batch_size", c.num_key_value_heads, "present_sequence_length", c.head_dim])
         on_layer(i)
-    h, _ = _norm(g, c, "/model/norm", delta, residual, w["model.norm.weight"])
-    start = g.op("Neg", "/model/logits_to_keep", [keep])
-    h = g.op("Slice", "/model/last_positions", [h, start, g.const([np.iinfo(np.int64).max]), g.const([1])])
+    h, _ = _norm(g, c, w, "model.norm", delta, residual)
+    if c.diffusion is None:
+        start, end = g.op("Neg", "/model/logits_to_keep", [keep]), g.const([np.iinfo(np.int64).max])
+    else:
+        start, end = g.ops("Split", "/model/logits_range", [keep], 2, axis=0, num_outputs=2)
+    h = g.op("Slice", "/model/kept_positions", [h, start, end, g.const([1])])
     g.output(_lm_head(g, c, w, h, table, separate_lm_head), "logits", F32, ["batch_size", "kept_length", c.vocab_size])
     return g.model(f"edgegen {c.model_type} decoder")
 
@@ -63,13 +73,23 @@ def _rotary_caches(g: GraphBuilder, c: DecoderConfig) -> tuple[ir.Value, ir.Valu
             g.weight("sin_cache", np.sin(angles).astype(np.float32)))
 
 
-def _norm(g: GraphBuilder, c: DecoderConfig, name: str, delta: ir.Value | None, residual: ir.Value,
-          gamma: np.ndarray) -> tuple[ir.Value, ir.Value]:
-    """RMSNorm of `residual + delta`; returns (normed, new residual). Fused with the add when possible."""
-    weight = g.weight(name[len("/"):].replace("/", ".") + ".weight", gamma)
+def _norm(g: GraphBuilder, c: DecoderConfig, w: Weights, hf: str, delta: ir.Value | None,
+          residual: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """Norm of `residual + delta` (RMSNorm, or LayerNorm with a bias); returns (normed, new residual).
+    Fused with the residual add when there is one."""
+    scope, leaf = hf.rsplit(".", 1)
+    name = "/" + scope.replace("model.", "model/", 1) + "/" + leaf  # /model/layers.0/input_layernorm
+    gamma = g.weight(hf + ".weight", w[hf + ".weight"])
+    if c.norm == "layer":
+        beta = g.weight(hf + ".bias", w[hf + ".bias"])
+        if delta is None:
+            return g.op("LayerNormalization", name, [residual, gamma, beta], axis=-1, epsilon=c.rms_norm_eps), residual
+        out, _, _, summed = g.ops("SkipLayerNormalization", name, [delta, residual, gamma, beta], 4, domain=MS,
+                                  epsilon=c.rms_norm_eps)
+        return out, summed
     if delta is None:
-        return g.op("SimplifiedLayerNormalization", name, [residual, weight], axis=-1, epsilon=c.rms_norm_eps), residual
-    out, _, _, summed = g.ops("SkipSimplifiedLayerNormalization", name, [delta, residual, weight], 4, domain=MS,
+        return g.op("SimplifiedLayerNormalization", name, [residual, gamma], axis=-1, epsilon=c.rms_norm_eps), residual
+    out, _, _, summed = g.ops("SkipSimplifiedLayerNormalization", name, [delta, residual, gamma], 4, domain=MS,
                               epsilon=c.rms_norm_eps)
     return out, summed
 
@@ -93,7 +113,7 @@ def _packed_linear(g: GraphBuilder, w: Weights, name: str, x: ir.Value, parts: l
 
 
 def _attention(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value, past: list[ir.Value],
-               seqlens_k: ir.Value, total_len: ir.Value, cos: ir.Value, sin: ir.Value):
+               step: dict[str, ir.Value]):
     """q, k and v come from one packed MatMul (one weight read, one kernel per token)."""
     name, hf = f"/model/layers.{i}/attn", f"model.layers.{i}.self_attn."
     qkv = _packed_linear(g, w, f"{name}/qkv_proj", h, [hf + "q_proj", hf + "k_proj", hf + "v_proj"])
@@ -105,10 +125,13 @@ def _attention(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Valu
         qkv_inputs = [q, k, v]
     else:  # GroupQueryAttention takes the packed projection as its query input
         qkv_inputs = [qkv, None, None]
+    inputs = [*qkv_inputs, past[0], past[1], step["seqlens_k"], step["total_len"], step["cos"], step["sin"]]
+    if "bias" in step:  # diffusion LLMs: the mask is data (attention_bias), positions are explicit
+        inputs += [step["positions"], step["bias"]]
     out, present_k, present_v = g.ops(
-        "GroupQueryAttention", name, [*qkv_inputs, past[0], past[1], seqlens_k, total_len, cos, sin], 3, domain=MS,
-        num_heads=c.num_attention_heads, kv_num_heads=c.num_key_value_heads, do_rotary=1,
-        rotary_interleaved=0, scale=float(c.head_dim ** -0.5))
+        "GroupQueryAttention", name, inputs, 3, domain=MS, num_heads=c.num_attention_heads,
+        kv_num_heads=c.num_key_value_heads, do_rotary=1, rotary_interleaved=0, scale=float(c.head_dim ** -0.5),
+        causal=0 if "bias" in step else 1)
     return _linear(g, w, f"{name}/o_proj", out, hf + "o_proj"), present_k, present_v
 
 
@@ -122,6 +145,10 @@ def _head_norm(g: GraphBuilder, c: DecoderConfig, name: str, x: ir.Value, heads:
 
 def _mlp(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value) -> ir.Value:
     name, hf = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp."
+    if c.mlp == "gelu":  # up (+ bias), tanh GELU, down (+ bias)
+        up = _linear(g, w, f"{name}/up_proj", h, hf + "up_proj")
+        return _linear(g, w, f"{name}/down_proj", g.op("Gelu", f"{name}/act_fn", [up], approximate="tanh"),
+                       hf + "down_proj")
     gate_up = _packed_linear(g, w, f"{name}/gate_up_proj", h, [hf + "gate_proj", hf + "up_proj"])
     gate, up = g.ops("Split", f"{name}/gate_up_split", [gate_up], 2, axis=-1, num_outputs=2)
     silu = g.op("Mul", f"{name}/act_fn", [gate, g.op("Sigmoid", f"{name}/act_fn", [gate])])

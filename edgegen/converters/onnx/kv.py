@@ -79,6 +79,12 @@ def calibrate(folder: Path, model_file: str, ids: list[int], num_layers: int, kv
              "seqlens_k": np.asarray([n - 1], np.int32), "total_sequence_length": np.asarray(n, np.int32),
              "logits_to_keep": np.asarray([1], np.int64)}
     feeds.update({f"past_key_values.{i}.{kind}": empty for i in range(num_layers) for kind in ("key", "value")})
+    names_in = {i.name for i in session.get_inputs()}
+    if "attention_bias" in names_in:  # a diffusion LLM's graph: calibrate on causal attention over the text
+        causal = np.tril(np.ones((n, n), dtype=bool))
+        feeds.pop("logits_to_keep")
+        feeds.update(position_ids=np.arange(n, dtype=np.int64)[None], logits_range=np.asarray([n - 1, n], np.int64),
+                     attention_bias=np.where(causal, 0.0, -np.inf).astype(np.float32)[None, None])
     names = [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
     presents = session.run(names, feeds)
     return {name.replace("present.", "layers."): np.abs(p[0]).max(axis=1).astype(np.float32)  # (Hkv, Dh)

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgegen.archs._decoder import DecoderConfig
 from edgegen.core import registry
-from edgegen.core.errors import BackendUnavailable, CapabilityError, ConfigError
+from edgegen.core.errors import BackendUnavailable, ConfigError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
 
@@ -62,7 +62,8 @@ def build_model(config: DecoderConfig, manifest_quant=None):
 
 class MLXLanguageModel:
     capabilities = (Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN | Capability.SCORE_ONLY
-                    | Capability.EMBEDDINGS | Capability.POSITIONS | Capability.QUANTIZED_KV)
+                    | Capability.EMBEDDINGS | Capability.POSITIONS | Capability.BLOCK_ATTENTION
+                    | Capability.QUANTIZED_KV)
 
     def __init__(self, folder: Path, manifest: Manifest, device: str | None = None):
         mx = import_mlx()
@@ -90,14 +91,13 @@ class MLXLanguageModel:
         mx = import_mlx()
         from edgegen.runtimes.mlx.models._decoder import Step
 
-        if feed.blocks is not None or feed.hidden is not None:
-            raise CapabilityError("this MLX model attends causally only; attention blocks need a model "
-                                  "converted as a diffusion LLM")
         tokens = mx.array([list(feed.tokens)], dtype=mx.int32).reshape(1, -1)
         embeds = None if feed.embeddings is None else mx.array(np.asarray(feed.embeddings, np.float32))[None]
         positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
-        step = Step(cache.length, feed.length, positions)
-        logits = self.model(tokens, embeds, cache, step, rows=feed.rows)
+        allowed = feed.attention_mask(cache.length)
+        mask = None if allowed is None else mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+        step = Step(cache.length, feed.length, positions, mask)
+        logits = self.model(tokens, embeds, cache, step, rows=feed.row_range())
         mx.eval(logits)
         if feed.commit:
             cache.advance(feed.length)

@@ -65,6 +65,8 @@ class MLXKVCache(_Cache):
         if self.dtype is not None:
             k, v = k.astype(self.dtype), v.astype(self.dtype)
         keys, values = self._write(layer, k, v)
+        if mask is not None and not isinstance(mask, str):
+            mask = mask.astype(keys.dtype)
         out = mx.fast.scaled_dot_product_attention(q.astype(keys.dtype), keys, values, scale=scale, mask=mask)
         return out.astype(q.dtype)
 
@@ -101,23 +103,30 @@ class QuantizedMLXKVCache(_Cache):
         return sum(a.nbytes for entry in self._store if entry for triple in entry for a in triple)
 
     def attend(self, layer: int, q: mx.array, k: mx.array, v: mx.array, scale: float, mask) -> mx.array:
+        """The inputs attend to the stored keys and values (quantized) and to their own (full
+        precision: a block being denoised never goes through quantization)."""
+        past = self._length
         keys, values = self._write(layer, k, v)
         B, H, L, D = q.shape
         kv_heads = k.shape[1]
-        dtype = q.dtype
-        q = (q * scale).reshape(B, kv_heads, H // kv_heads, L, D)
-        keys = [mx.expand_dims(a, axis=-3) for a in keys]  # (B, Hkv, 1, T, ·): broadcast over the group
-        values = [mx.expand_dims(a, axis=-3) for a in values]
-        scores = mx.quantized_matmul(q, *keys, transpose=True, group_size=self.group_size, bits=self.bits)
-        if isinstance(mask, str):  # "causal": query i sits at T - L + i
-            T = scores.shape[-1]
-            allowed = mx.arange(T)[None] <= (mx.arange(L) + T - L)[:, None]
+        q = (q * scale).reshape(B, kv_heads, H // kv_heads, L, D)  # (B, Hkv, rep, L, Dh)
+        k_new, v_new = mx.expand_dims(k, axis=2).astype(q.dtype), mx.expand_dims(v, axis=2).astype(q.dtype)
+        scores = q @ k_new.swapaxes(-1, -2)  # (B, Hkv, rep, L, L)
+        old = [[mx.expand_dims(a[..., :past, :], axis=2) for a in triple] for triple in (keys, values)]
+        if past:
+            stored = mx.quantized_matmul(q, *old[0], transpose=True, group_size=self.group_size, bits=self.bits)
+            scores = mx.concatenate([stored, scores], axis=-1)  # (B, Hkv, rep, L, past + L)
+        if isinstance(mask, str):  # "causal": input i sits at past + i
+            allowed = mx.arange(past + L)[None] <= (mx.arange(L) + past)[:, None]
             scores = mx.where(allowed, scores, mx.array(-mx.inf, scores.dtype))
         elif mask is not None:
             scores = scores + mask.astype(scores.dtype)
         weights = mx.softmax(scores, axis=-1, precise=True)
-        out = mx.quantized_matmul(weights, *values, transpose=False, group_size=self.group_size, bits=self.bits)
-        return out.reshape(B, H, L, D).astype(dtype)
+        out = weights[..., past:] @ v_new
+        if past:
+            out = out + mx.quantized_matmul(weights[..., :past], *old[1], transpose=False,
+                                            group_size=self.group_size, bits=self.bits)
+        return out.reshape(B, H, L, D).astype(k.dtype)
 
     def _write(self, layer: int, k: mx.array, v: mx.array):
         start, end = self._length, self._length + k.shape[2]

@@ -37,6 +37,9 @@ class OnnxLanguageModel:
         self.hidden_size = self.config.hidden_size
         self.context_length = manifest.context_length
         self.description = f"ONNX Runtime ({self.provider})"
+        self.block_graph = manifest.family == "dllm"  # causal=0 GQA with attention_bias and position_ids
+        if self.block_graph:
+            self.capabilities = type(self).capabilities | Capability.POSITIONS | Capability.BLOCK_ATTENTION
         self._loaded: tuple[str, object] | None = None
         self._session("float")  # a damaged model fails here, at load time
         self._table = None
@@ -78,9 +81,6 @@ class OnnxLanguageModel:
 
     # ------------------------------------------------------------------ forward
     def forward(self, feed: Feed, cache: OnnxKVCache) -> np.ndarray:
-        if feed.positions is not None or feed.blocks is not None or feed.hidden is not None:
-            raise CapabilityError("this ONNX graph attends causally only; positions and attention blocks need "
-                                  "a model converted as a diffusion LLM")
         n = feed.length
         cache.reserve(n)
         total = cache.length + n
@@ -90,7 +90,10 @@ class OnnxLanguageModel:
         binding.bind_cpu_input("inputs_embeds", embeds)
         binding.bind_cpu_input("seqlens_k", np.asarray([total - 1], dtype=np.int32))
         binding.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
-        binding.bind_cpu_input("logits_to_keep", np.asarray([feed.rows or n], dtype=np.int64))
+        if self.block_graph:
+            self._bind_block_inputs(binding, feed, cache.length)
+        else:
+            binding.bind_cpu_input("logits_to_keep", np.asarray([self._last_rows(feed)], dtype=np.int64))
         binding.bind_output("logits")
         try:
             cache.session.run_with_iobinding(binding)
@@ -101,6 +104,28 @@ class OnnxLanguageModel:
             cache.advance(n)
         # Only the logits are copied out (the presents live in the cache's own buffers).
         return binding.get_outputs()[-1].numpy()[0]  # (kept, vocab); logits is bound last
+
+    def _last_rows(self, feed: Feed) -> int:
+        """The causal graph keeps the last n positions and knows no other pattern."""
+        start, end = feed.row_range()
+        if feed.positions is not None or feed.blocks is not None or feed.hidden is not None or end != feed.length:
+            raise CapabilityError("this ONNX graph attends causally and returns the last positions only; "
+                                  "positions, attention blocks and row ranges need a diffusion LLM's graph")
+        return end - start
+
+    @staticmethod
+    def _bind_block_inputs(binding, feed: Feed, past: int) -> None:
+        n = feed.length
+        positions = np.arange(past, past + n) if feed.positions is None else np.asarray(feed.positions)
+        if past == 0 and np.any(positions != positions[0] + np.arange(n)):
+            raise CapabilityError("GroupQueryAttention reads only the first position of a feed into an empty cache; "
+                                  "explicit positions there must be consecutive")
+        allowed = feed.attention_mask(past)
+        if allowed is None:  # plain causal attention, as data
+            allowed = np.arange(past + n)[None, :] <= (past + np.arange(n))[:, None]
+        binding.bind_cpu_input("position_ids", positions.astype(np.int64)[None])
+        binding.bind_cpu_input("attention_bias", np.where(allowed, 0.0, -np.inf).astype(np.float32)[None, None])
+        binding.bind_cpu_input("logits_range", np.asarray(feed.row_range(), dtype=np.int64))
 
     def _binding(self, cache: OnnxKVCache):
         """The cache's I/O binding: each layer's buffer bound as both past and present (GQA then

@@ -53,19 +53,30 @@ class Step:
 
     def __init__(self, offset: int, length: int, positions: mx.array | None = None, mask=None):
         self.offset, self.positions = offset, positions
-        self.mask = mask if mask is not None or positions is not None else ("causal" if length > 1 else None)
+        self.mask = mask if mask is not None else ("causal" if length > 1 else None)  # (L, past + L) additive
 
 
 class MLP(nn.Module):
+    """SwiGLU (gate, up, down), or up → tanh GELU → down (BD3-LM)."""
+
     def __init__(self, c: DecoderConfig):
         super().__init__()
         h, f = c.hidden_size, c.intermediate_size
-        self.gate_proj = nn.Linear(h, f, bias=c.mlp_bias)
+        if c.mlp == "swiglu":
+            self.gate_proj = nn.Linear(h, f, bias=c.mlp_bias)
         self.up_proj = nn.Linear(h, f, bias=c.mlp_bias)
         self.down_proj = nn.Linear(f, h, bias=c.mlp_bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if "gate_proj" in self:
+            return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(nn.gelu_approx(self.up_proj(x)))
+
+
+def norm(c: DecoderConfig) -> nn.Module:
+    if c.norm == "layer":
+        return nn.LayerNorm(c.hidden_size, eps=c.rms_norm_eps)
+    return nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
 
 
 class DecoderLayer(nn.Module):
@@ -73,8 +84,8 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(c, index)
         self.mlp = MLP(c)
-        self.input_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.input_layernorm = norm(c)
+        self.post_attention_layernorm = norm(c)
 
     def __call__(self, x: mx.array, cache, step: Step) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), cache, step)
@@ -86,7 +97,7 @@ class DecoderBody(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = [DecoderLayer(c, i) for i in range(c.num_hidden_layers)]
-        self.norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
+        self.norm = norm(c)
 
     def __call__(self, x: mx.array, cache, step: Step) -> mx.array:
         for layer in self.layers:
@@ -102,17 +113,19 @@ class DecoderModel(nn.Module):
         self.config = c
         self.model = DecoderBody(c)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+            self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=c.lm_head_bias)
 
-    def __call__(self, tokens: mx.array, embeddings: mx.array | None, cache, step: Step, rows: int = 0) -> mx.array:
-        """Logits (B, rows or L, vocab) for token ids (B, L_ids) followed by `embeddings` (B, L_e, hidden).
-        The cache is written but not advanced: the caller commits (or not)."""
+    def __call__(self, tokens: mx.array, embeddings: mx.array | None, cache, step: Step,
+                 rows: tuple[int, int] | None = None) -> mx.array:
+        """Logits (B, rows, vocab) for token ids (B, L_ids) followed by `embeddings` (B, L_e, hidden);
+        `rows` = [start, end) of the inputs (None: all). The cache is written but not advanced: the
+        caller commits (or not)."""
         x = self.model.embed_tokens(tokens)  # (B, L_ids, hidden)
         if embeddings is not None:
             x = mx.concatenate([x, embeddings.astype(x.dtype)], axis=1)
         h = self.model(x, cache, step)
-        if rows:
-            h = h[:, -rows:]
+        if rows is not None:
+            h = h[:, rows[0]:rows[1]]
         if self.config.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)  # (B, L, vocab)
