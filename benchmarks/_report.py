@@ -96,6 +96,20 @@ def markdown_table(table: list[tuple[str, ...]]) -> str:
     return "\n".join(out)
 
 
+def plain_table(rows: list[tuple[str, ...]]) -> str:
+    """Any table whose first row is its header, aligned for the console."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def plain_markdown(rows: list[tuple[str, ...]]) -> str:
+    """Any table whose first row is its header, as Markdown (first column left, the rest right)."""
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+    return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows[1:]])
+
+
 def legend(baseline: str, ref: str | None, meta: dict) -> str:
     a = meta["args"]
     lines = [

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from _common import ensure_checkpoint_in_child, log
-from _report import console_table, markdown_table, versions
+from _report import plain_markdown, plain_table, versions
 from _spec_prompts import PROMPTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,8 +185,8 @@ def main() -> int:
     for rows in (report["tiny"], report["large"]):
         for r in rows:
             r.pop("tokens", None)
-    print("\n" + console_table(summary_table(report["tiny"])))
-    print("\n" + markdown_table(summary_table(report["tiny"])))
+    print("\n" + plain_table(summary_table(report["tiny"])))
+    print("\n" + plain_markdown(summary_table(report["tiny"])))
     print("\nT=1 acceptance per drafted token (same positions):", json.dumps(report["t1"], indent=1))
     print("mlx-lm speculation:", json.dumps(report["mlx_lm"], indent=1))
     if report["large"]:

@@ -59,6 +59,22 @@ def _is_current(folder: Path) -> bool:
         return False
 
 
+STAMP = "edgegen.source.json"  # beside a cached conversion: what its source looked like
+
+
+def _source_stamp(folder: Path) -> str:
+    """Names and sizes of every file of a local source: a changed source is converted again."""
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def _read_stamp(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / STAMP).read_text(encoding="utf-8"))["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def locate(model: str | None, runtime: str | None = None, quant: str = "none") -> Path:
     """The converted folder for `model`, converting it (with `quant` weights) into the cache on
     first use, and again when the cached copy was written by an older edgegen."""
@@ -74,7 +90,9 @@ def locate(model: str | None, runtime: str | None = None, quant: str = "none") -
     digest = hashlib.sha256(str(Path(src).expanduser().resolve() if Path(src).exists() else src).encode()).hexdigest()
     suffix = "" if quant == "none" else f"-{quant}"
     out = cache_dir() / "converted" / f"{slug}-{digest[:8]}-{runtime}{suffix}"
-    if not _is_current(out):
+    stamp = _source_stamp(Path(src).expanduser()) if Path(src).expanduser().is_dir() else src
+    if not _is_current(out) or _read_stamp(out) != stamp:
         convert_source(model, out, runtime=runtime, quant=quant, force=True)
+        (out / STAMP).write_text(json.dumps({"source": stamp}), encoding="utf-8")
         print(f"edgegen: converted {model} for {runtime}{suffix} into {out} (kept for next time)", file=sys.stderr)
     return out

@@ -80,6 +80,7 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
               disable=None) as bar:
         bar.set_postfix_str("reading weights")
         tokenizer = _copy_tokenizer(ckpt.folder, tmp)
+        _copy_ngram_store(ckpt.folder, tmp)
         weights = ckpt.load_weights()
         bar.update(1)
         if options.runtime == "onnx":
@@ -102,6 +103,13 @@ def _calibration_ids(tokenizer: Tokenizer, c) -> list[int]:
     text = (Path(__file__).resolve().parent.parent / "_data" / "kv-calibration.txt").read_text(encoding="utf-8")
     ids = [i for i in tokenizer.encode(text) if 0 <= i < c.vocab_size]
     return ids[: min(512, c.context_length)]
+
+
+def _copy_ngram_store(src: Path, dst: Path) -> None:
+    """An n-gram store beside the checkpoint (`ngram/`) travels with it (bundled tiny-chat has one)."""
+    store = src / "ngram"
+    if (store / "edgegen.json").is_file():
+        shutil.copytree(store, dst / "ngram")
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> Tokenizer:

@@ -118,6 +118,22 @@ class DiffusionOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class SuperposedOptions:
+    """`complete`: k drafts from one pass (Superposed Decoding)."""
+
+    drafts: int = 3
+    ngram: str | None = None  # an n-gram store folder, "none", or None: the model's own store if it has one
+    ngram_weight: float | None = None  # None: the released weight for this number of drafts
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drafts", _number("drafts", self.drafts, int, 1, 64))
+        if self.ngram is not None and (not isinstance(self.ngram, str) or not self.ngram.strip()):
+            raise ConfigError(f"ngram must be a store folder or none, got {self.ngram!r}")
+        if self.ngram_weight is not None:
+            object.__setattr__(self, "ngram_weight", _number("ngram_weight", self.ngram_weight, float, 0, 1))
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerateOptions:
     """Everything a generation call can be asked for."""
 
@@ -128,6 +144,7 @@ class GenerateOptions:
     speculative: SpeculativeOptions = SpeculativeOptions()
     kv: KVOptions = KVOptions()
     diffusion: DiffusionOptions = DiffusionOptions()
+    superposed: SuperposedOptions = SuperposedOptions()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
@@ -170,4 +187,4 @@ class GenerateOptions:
 
 _TOP_LEVEL = ("max_tokens", "stop", "ignore_eos")
 _GROUPS = {"sampling": SamplingParams, "speculative": SpeculativeOptions, "kv": KVOptions,
-           "diffusion": DiffusionOptions}
+           "diffusion": DiffusionOptions, "superposed": SuperposedOptions}

@@ -91,7 +91,7 @@ class MLXLanguageModel:
         mx = import_mlx()
         from edgegen.runtimes.mlx.models._decoder import Step
 
-        tokens = mx.array([list(feed.tokens)], dtype=mx.int32).reshape(1, -1)
+        tokens = mx.array(np.asarray(feed.tokens, dtype=np.int32).reshape(1, -1))
         embeds = None if feed.embeddings is None else mx.array(np.asarray(feed.embeddings, np.float32))[None]
         positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
         allowed = feed.attention_mask(cache.length)

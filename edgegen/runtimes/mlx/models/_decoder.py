@@ -120,9 +120,10 @@ class DecoderModel(nn.Module):
         """Logits (B, rows, vocab) for token ids (B, L_ids) followed by `embeddings` (B, L_e, hidden);
         `rows` = [start, end) of the inputs (None: all). The cache is written but not advanced: the
         caller commits (or not)."""
-        x = self.model.embed_tokens(tokens)  # (B, L_ids, hidden)
+        parts = [self.model.embed_tokens(tokens)] if tokens.shape[1] else []  # (B, L_ids, hidden)
         if embeddings is not None:
-            x = mx.concatenate([x, embeddings.astype(x.dtype)], axis=1)
+            parts.append(embeddings.astype(self.model.norm.weight.dtype))
+        x = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
         h = self.model(x, cache, step)
         if rows is not None:
             h = h[:, rows[0]:rows[1]]

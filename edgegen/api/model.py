@@ -1,8 +1,4 @@
-"""The Python API: `load()` a model and generate, stream, chat or score with it.
-
-A `Model` is safe to share between threads: its calls are serialized by one lock around the KV
-cache and the runtime session, so concurrent calls give the results sequential calls would.
-"""
+"""`Model`: a converted model with its tokenizer, and `load()`, which finds or converts one."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ import resource
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,18 +17,19 @@ from edgegen.core.manifest import Manifest
 from edgegen.core.outputs import atomic_file
 from edgegen.core.options import GenerateOptions
 from edgegen.core.protocols import KVSpec, LanguageModel
-from edgegen.core.stats import GenerationStats
+from edgegen.api.drafts import Drafts
+from edgegen.api.text import StopText
 from edgegen.core.diffusion import DiffusionSpec
+from edgegen.core.stats import GenerationStats
 from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, generate
 from edgegen.decoding.draft_length import DraftLength
-from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
-from edgegen.models import source_path
-from edgegen.tokenizer import StreamDecoder, Tokenizer, has_tokenizer
+from edgegen.tokenizer import StreamDecoder, Tokenizer
 
-__all__ = ["Generation", "GenerationStats", "GenerateOptions", "Model", "load"]
+if TYPE_CHECKING:
+    from edgegen.api.completion import Completion
 
 KV_AUTO_FILE = "kv_auto.json"
 KV_AUTO_TOKENS = 512
@@ -89,7 +86,8 @@ class Model:
         self.backend, self.tokenizer, self.manifest, self.folder = backend, tokenizer, manifest, folder
         self.load_options: dict[str, Any] = {}
         self.session = Session(backend)
-        self._drafts = _Drafts(self)
+        self._drafts = Drafts(self)
+        self._ngram_fingerprint: str | None = None
         self._lock = threading.Lock()
         self._owner: int | None = None
 
@@ -131,7 +129,37 @@ class Model:
                     stats: GenerationStats | None = None, **kwargs: Any) -> Iterator[str]:
         return self.stream(self.tokenizer.encode_chat(messages), options, stats=stats, **kwargs)
 
+    def complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
+                 **kwargs: Any) -> "Completion":
+        """k completion drafts of `prompt` from one pass (Superposed Decoding): `drafts` (k),
+        `ngram` (a store folder, "none", or the model's own), `ngram_weight`, `max_tokens`."""
+        last = None
+        for last in self.stream_complete(prompt, options, **kwargs):
+            pass
+        return last
+
+    def stream_complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
+                        **kwargs: Any) -> Iterator["Completion"]:
+        """The drafts after every step, for an app that shows them as they grow."""
+        from edgegen.api import completion
+
+        if options is None:
+            kwargs.setdefault("max_tokens", 16)  # completions are short
+        options = GenerateOptions.from_kwargs(options, **kwargs)
+        ids = self._encode(prompt)
+        stats = GenerationStats()
+        with self._locked():
+            yield from completion.run(self, ids, options, stats)
+            stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+
     # ------------------------------------------------------------------ internals
+    def _session_for(self, options: GenerateOptions) -> Session:
+        """The kept session, made again when `options` ask for another KV-cache precision."""
+        kv = self._kv_spec(options)
+        if self.session.kv != kv:
+            self.session = Session(self.backend, kv)  # another cache precision: the old cache goes
+        return self.session
+
     def _stream(self, prompt: str | Sequence[int], options: GenerateOptions | None, kwargs: dict[str, Any],
                 stats: GenerationStats, token_sink: list[int] | None) -> Iterator[str]:
         """Checks arguments now (errors surface at the call), then generates under the lock."""
@@ -147,7 +175,7 @@ class Model:
     def _stream_ids(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
                     token_sink: list[int] | None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
-        text = _StopText(list(options.stop))
+        text = StopText(list(options.stop))
         tokens = self._tokens(ids, options, stats, lambda _: text.hit)
         try:
             for token in tokens:
@@ -165,9 +193,7 @@ class Model:
 
     def _tokens(self, ids: list[int], options: GenerateOptions, stats: GenerationStats, should_stop) -> Iterator[int]:
         """The token stream of the strategy `options` ask for, over the kept (prefix-reusing) cache."""
-        kv = self._kv_spec(options)
-        if self.session.kv != kv:
-            self.session = Session(self.backend, kv)  # another cache precision: the old cache goes
+        kv = self._session_for(options).kv
         sampler = Sampler(options.sampling)
         stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
         common = dict(max_tokens=options.max_tokens, stop_ids=stop_ids, stats=stats, should_stop=should_stop)
@@ -258,55 +284,6 @@ class Model:
         return [int(i) for i in ids]
 
 
-class _Drafts:
-    """The drafters a Model has used, kept so that a chat keeps the draft's cache across turns."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.cache: dict[tuple, object] = {}
-
-    def get(self, spec: str, kv: KVSpec | None):
-        key = (spec, kv)
-        if key not in self.cache:
-            self.cache.clear()  # one drafter at a time: a draft model's weights are not small
-            self.cache[key] = self._make(spec, kv)
-        return self.cache[key]
-
-    def _make(self, spec: str, kv: KVSpec | None):
-        if spec == "prompt-lookup":
-            return PromptLookupDrafter()
-        model = self.model
-        if spec in ("q4", "q8"):
-            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec,
-                         **model.load_options)
-        else:
-            local = Path(source_path(spec)).expanduser()
-            if has_tokenizer(local):  # refuse a mismatch before converting anything
-                self._check_vocabulary(spec, Tokenizer(local))
-            draft = load(spec, runtime=model.manifest.runtime, **model.load_options)
-        if not isinstance(draft, Model):
-            raise ConfigError(f"the draft {spec!r} is not a language model")
-        self._check_vocabulary(spec, draft.tokenizer)
-        return ModelDrafter(draft.backend, spec, kv)
-
-    def _check_vocabulary(self, spec: str, tokenizer: Tokenizer) -> None:
-        if tokenizer.vocabulary() != self.model.tokenizer.vocabulary():
-            raise ConfigError(f"the draft {spec!r} has another tokenizer than the model; a draft must share "
-                              "the model's vocabulary (e.g. a smaller model of the same family)")
-
-
-def _source_of(manifest: Manifest) -> str:
-    """Where a converted model came from, to convert a quantized copy of it as its draft."""
-    src = manifest.source
-    if src.get("repo"):
-        return src["repo"]
-    path = src.get("path")
-    if not path or not Path(path).exists():
-        raise ConfigError(f"a q4/q8 draft is converted from the model's source ({path or 'unknown'}), which is "
-                          "not available here; convert a quantized copy yourself and pass --draft FOLDER")
-    return path
-
-
 class _OwnedLock:
     """The model's lock, with a clear error (not a deadlock) when the thread that holds it asks
     again, e.g. by calling `generate` while one of its own streams is still open."""
@@ -325,33 +302,3 @@ class _OwnedLock:
     def __exit__(self, *exc: object) -> None:
         self.model._owner = None
         self.model._lock.release()
-
-
-class _StopText:
-    """Holds back text that might be the start of a stop string; cuts at the first stop string."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.pending = ""
-        self.hit = False
-
-    def push(self, piece: str, final: bool = False) -> str:
-        if self.hit:
-            return ""
-        self.pending += piece
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.hit = True
-            out, self.pending = self.pending[:cut], ""
-            return out
-        hold = 0 if final else max((_overlap(self.pending, s) for s in self.stops), default=0)
-        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold:]
-        return out
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if stop.startswith(text[-n:]):
-            return n
-    return 0

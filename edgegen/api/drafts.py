@@ -1,0 +1,70 @@
+"""Draft sources for speculative decoding, resolved and kept per Model (a chat keeps the draft's
+cache across turns)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgegen.core.errors import ConfigError
+from edgegen.core.manifest import Manifest
+from edgegen.core.protocols import KVSpec
+from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
+from edgegen.models import source_path
+from edgegen.tokenizer import Tokenizer, has_tokenizer
+
+if TYPE_CHECKING:
+    from edgegen.api.model import Model
+
+
+class Drafts:
+    """The drafters a Model has used, kept so that a chat keeps the draft's cache across turns."""
+
+    def __init__(self, model: "Model"):
+        self.model = model
+        self.cache: dict[tuple, object] = {}
+
+    def get(self, spec: str, kv: KVSpec | None):
+        key = (spec, kv)
+        if key not in self.cache:
+            self.cache.clear()  # one drafter at a time: a draft model's weights are not small
+            self.cache[key] = self._make(spec, kv)
+        return self.cache[key]
+
+    def _make(self, spec: str, kv: KVSpec | None):
+        if spec == "prompt-lookup":
+            return PromptLookupDrafter()
+        model = self.model
+        if spec in ("q4", "q8"):
+            from edgegen.api.model import load
+
+            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec,
+                         **model.load_options)
+        else:
+            local = Path(source_path(spec)).expanduser()
+            if has_tokenizer(local):  # refuse a mismatch before converting anything
+                self._check_vocabulary(spec, Tokenizer(local))
+            from edgegen.api.model import load
+
+            draft = load(spec, runtime=model.manifest.runtime, **model.load_options)
+        if not hasattr(draft, "tokenizer"):
+            raise ConfigError(f"the draft {spec!r} is not a language model")
+        self._check_vocabulary(spec, draft.tokenizer)
+        return ModelDrafter(draft.backend, spec, kv)
+
+    def _check_vocabulary(self, spec: str, tokenizer: Tokenizer) -> None:
+        if tokenizer.vocabulary() != self.model.tokenizer.vocabulary():
+            raise ConfigError(f"the draft {spec!r} has another tokenizer than the model; a draft must share "
+                              "the model's vocabulary (e.g. a smaller model of the same family)")
+
+
+def _source_of(manifest: Manifest) -> str:
+    """Where a converted model came from, to convert a quantized copy of it as its draft."""
+    src = manifest.source
+    if src.get("repo"):
+        return src["repo"]
+    path = src.get("path")
+    if not path or not Path(path).exists():
+        raise ConfigError(f"a q4/q8 draft is converted from the model's source ({path or 'unknown'}), which is "
+                          "not available here; convert a quantized copy yourself and pass --draft FOLDER")
+    return path
