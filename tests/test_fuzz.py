@@ -114,6 +114,29 @@ def test_cli_generate_options(converted, prompt, options, flags):
     assert_clean_cli(invoke(*args))
 
 
+COMMAND_OPTIONS = {
+    "complete": ["--drafts", "--ngram", "--ngram-weight", "--max-tokens", "--kv-bits"],
+    "perplexity": ["--kv-bits", "--kv-group-size", "--context", "--max-tokens", "--text"],
+    "generate": ["--draft", "--num-draft", "--max-draft", "--kv-bits", "--block-size", "--threshold", "--rule",
+                 "--steps", "--dllm-cache"],
+}
+
+
+@given(command=st.sampled_from(sorted(COMMAND_OPTIONS)), data=st.data())
+def test_cli_strategy_options(converted, command, data):
+    """The options of the decoding strategies, with odd values, on an autoregressive model."""
+    names = COMMAND_OPTIONS[command]
+    options = data.draw(st.lists(st.tuples(st.sampled_from(names), NUMBER_TEXT), max_size=3))
+    args = [command, converted("qwen2", "onnx")] + (["-p", "The number"] if command != "perplexity" else [])
+    args += ["--max-tokens", "3"]
+    for name, value in options:
+        if name in ("--max-tokens", "--drafts", "--num-draft", "--max-draft", "--steps", "--block-size") and \
+                value.isdigit() and int(value) > 4:
+            value = "4"
+        args += [name, value]
+    assert_clean_cli(invoke(*args))
+
+
 CONVERT_OPTIONS = ["--runtime", "--dtype", "--quant", "--group-size", "--revision"]
 
 
