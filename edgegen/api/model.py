@@ -156,8 +156,14 @@ class Model:
     def _session_for(self, options: GenerateOptions) -> Session:
         """The kept session, made again when `options` ask for another KV-cache precision."""
         kv = self._kv_spec(options)
-        if self.session.kv != kv:
-            self.session = Session(self.backend, kv)  # another cache precision: the old cache goes
+        if self.session.kv != kv:  # another cache precision: the old cache (and its graph) go first
+            old = self.session.kv
+            self.session = None
+            try:
+                self.session = Session(self.backend, kv)
+            except BaseException:
+                self.session = Session(self.backend, old)
+                raise
         return self.session
 
     def _stream(self, prompt: str | Sequence[int], options: GenerateOptions | None, kwargs: dict[str, Any],
