@@ -57,10 +57,12 @@ class Step:
 
 def propose(logits: np.ndarray, sampler: Sampler, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(tokens (n,), probabilities (n, vocab)) for each candidate row."""
-    probs = np.stack([_softmax(row) for row in logits]) if sampler.params.greedy else \
-        np.stack([sampler.probs(row, history) for row in logits])
-    if sampler.params.greedy:
+    if sampler.params.greedy:  # one vectorised softmax over the candidates' rows
+        z = np.asarray(logits, dtype=np.float32)
+        probs = np.exp(z - z.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
         return probs.argmax(-1), probs
+    probs = np.stack([sampler.probs(row, history) for row in logits])
     return np.array([sampler.rng.choice(p.size, p=p) for p in probs]), probs
 
 
