@@ -11,7 +11,7 @@ over [0, max]; γ = 0 is plain decoding. When plain decoding wins, a one-token p
 from __future__ import annotations
 
 DECAY = 0.9  # weight of the past in the running acceptance counts and cost averages
-PROBE_FIRST, PROBE_MAX = 8, 64  # iterations between probes while plain decoding wins
+PROBE_FIRST, PROBE_MAX = 8, 256  # iterations between probes while plain decoding wins
 
 
 class DraftLength:
@@ -21,7 +21,7 @@ class DraftLength:
         self.per_draft: float | None = None  # seconds per drafted token (0 for free drafters)
         self.verify: dict[int, float] = {}  # verified tokens -> seconds
         self._since_probe, self._probe_every = 0, PROBE_FIRST
-        self._warmup = 3  # the first verifications use a middle γ to measure α and the costs
+        self._warmup = 2  # the first verifications draft one token: cheap, and enough to measure
 
     @property
     def alpha(self) -> float:
@@ -32,7 +32,7 @@ class DraftLength:
             return self.fixed
         if self._warmup:
             self._warmup -= 1
-            return min(self.maximum, 3)
+            return 1
         best = max(range(self.maximum + 1), key=self._rate)
         if best > 0:
             self._since_probe, self._probe_every = 0, PROBE_FIRST
