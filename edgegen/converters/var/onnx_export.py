@@ -59,7 +59,7 @@ def export_onnx(c: arch.VARConfig, var: dict[str, np.ndarray], vae: dict[str, np
 
 def _quiet(run: Callable[[], None]) -> None:
     level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.WARNING)  # the quantizers log every node at INFO
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log every node, and advice, below ERROR
     try:
         with warnings.catch_warnings():  # all-zero blocks divide 0 by 0, then get 0
             warnings.simplefilter("ignore", RuntimeWarning)
