@@ -44,38 +44,46 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run(model, ids: list[int], tokens: int, repeats: int, **options) -> dict:
-    """Median decode speed of `repeats` runs after a warm-up; each run starts from an empty cache."""
-    results = []
-    for i in range(repeats + 1):
-        model.reset()
-        g = model.generate(ids, max_tokens=tokens, ignore_eos=True, **options)
-        if i:
-            results.append(g)
-    stats = [g.stats for g in results]
-    return {"decode_tok_s": statistics.median(s.decode_tokens_per_s for s in stats),
-            "acceptance": statistics.median(s.acceptance_rate for s in stats),
-            "tokens_per_forward": statistics.median(s.tokens_per_forward for s in stats),
-            "draft_length": statistics.median(s.draft_length for s in stats), "tokens": results[-1].token_ids}
+def once(model, ids: list[int], tokens: int, **options):
+    model.reset()  # every run from an empty cache (the draft's too)
+    return model.generate(ids, max_tokens=tokens, ignore_eos=True, **options)
+
+
+def interleaved(model, ids: list[int], configs: dict[str, dict], tokens: int, repeats: int) -> dict[str, dict]:
+    """Each configuration once per round, `repeats` rounds after a warm-up round: the machine's
+    drift (2 shared cores) hits every configuration alike. Medians per configuration."""
+    runs: dict[str, list] = {name: [] for name in configs}
+    for round_ in range(repeats + 1):
+        for name, options in configs.items():
+            g = once(model, ids, tokens, **options)
+            if round_:
+                runs[name].append(g)
+    out = {}
+    for name, gs in runs.items():
+        stats = [g.stats for g in gs]
+        out[name] = {"decode_tok_s": statistics.median(s.decode_tokens_per_s for s in stats),
+                     "acceptance": statistics.median(s.acceptance_rate for s in stats),
+                     "tokens_per_forward": statistics.median(s.tokens_per_forward for s in stats),
+                     "draft_length": statistics.median(s.draft_length for s in stats), "tokens": gs[-1].token_ids}
+    return out
 
 
 def tiny_chat(runtime: str, args: argparse.Namespace) -> list[dict]:
     model = edgegen.load("tiny-chat", runtime=runtime)
+    configs = {"none|0": {}} | {f"{d}|{n}": {"draft": d, "num_draft": n} for d in DRAFTS for n in ("auto", 4)}
     rows = []
     for kind, prompts in PROMPTS.items():
         for p_index, prompt in enumerate(prompts):
             ids = model.tokenizer.encode_chat([{"role": "user", "content": prompt}])
-            plain = run(model, ids, args.tokens, args.repeats)
-            rows.append({"runtime": runtime, "kind": kind, "prompt": p_index, "draft": "none", "num_draft": 0, **plain})
-            for draft in DRAFTS:
-                for num in ("auto", 4):
-                    r = run(model, ids, args.tokens, args.repeats, draft=draft, num_draft=num)
-                    r["lossless"] = r["tokens"] == plain["tokens"]
-                    r["speedup"] = r["decode_tok_s"] / plain["decode_tok_s"]
-                    rows.append({"runtime": runtime, "kind": kind, "prompt": p_index, "draft": draft,
-                                 "num_draft": num, **r})
-                    log(f"[{runtime}] {kind}#{p_index} {draft} γ={num}: {r['speedup']:.2f}×, "
-                        f"acceptance {r['acceptance']:.2f}, {r['tokens_per_forward']:.2f} tok/forward")
+            results = interleaved(model, ids, configs, args.tokens, args.repeats)
+            plain = results["none|0"]
+            for name, r in results.items():
+                draft, num = name.split("|")
+                r["lossless"] = r["tokens"] == plain["tokens"]
+                r["speedup"] = r["decode_tok_s"] / plain["decode_tok_s"]
+                rows.append({"runtime": runtime, "kind": kind, "prompt": p_index, "draft": draft, "num_draft": num, **r})
+                log(f"[{runtime}] {kind}#{p_index} {draft} γ={num}: {r['speedup']:.2f}×, "
+                    f"acceptance {r['acceptance']:.2f}, {r['tokens_per_forward']:.2f} tok/forward")
     return rows
 
 
@@ -139,18 +147,18 @@ def large(args: argparse.Namespace) -> list[dict]:
     ckpt = ensure_checkpoint_in_child()
     ids = prompt_ids(ckpt, 128, 0)
     rows, reference = [], None
+    configs = {"none": {}} | {f"q4 γ={n}": {"draft": "q4", "num_draft": n} for n in ("auto", 2, 4)}
     for quant in ("none", "q8"):
         model = edgegen.load(str(ckpt), runtime="onnx", quant=quant)
-        plain = run(model, ids, args.tokens, args.repeats)
+        results = interleaved(model, ids, configs, args.tokens, args.repeats)
+        plain = results["none"]
         reference = reference or plain["tokens"]
-        rows.append({"target": f"fp32" if quant == "none" else quant, "draft": "none", **plain,
-                     "same_as_fp32": plain["tokens"] == reference})
-        for num in ("auto", 2, 4):
-            r = run(model, ids, args.tokens, args.repeats, draft="q4", num_draft=num)
+        for name, r in results.items():
             r.update(speedup=r["decode_tok_s"] / plain["decode_tok_s"], lossless=r["tokens"] == plain["tokens"],
                      same_as_fp32=r["tokens"] == reference)
-            rows.append({"target": "fp32" if quant == "none" else quant, "draft": f"q4 γ={num}", **r})
-            log(f"[0.5B {quant}] q4 γ={num}: {r['speedup']:.2f}×, acceptance {r['acceptance']:.2f}")
+            rows.append({"target": "fp32" if quant == "none" else quant, "draft": name, **r})
+            log(f"[0.5B {quant}] {name}: {r['speedup']:.2f}×, acceptance {r['acceptance']:.2f}")
+        del model
     return rows
 
 
@@ -159,7 +167,7 @@ def summary_table(rows: list[dict]) -> list[tuple[str, ...]]:
     header = ("runtime", "prompts", "draft", "γ", "acceptance", "tok/forward", "decode tok/s", "speedup", "lossless")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["runtime"], r["kind"], r["draft"], str(r["num_draft"])), []).append(r)
+        groups.setdefault((r["runtime"], r["kind"], r["draft"], str(r["num_draft"])), []).append(r)  # mean of prompts
     table = [header]
     for (runtime, kind, draft, num), rs in groups.items():
         mean = lambda key: statistics.mean(r.get(key, 1.0) for r in rs)  # noqa: E731

@@ -216,18 +216,32 @@ def test_generate_json_reports_speculation(converted):
     assert {"acceptance_rate", "tokens_per_forward", "draft_length", "forwards"} <= set(timing)
 
 
-def test_draft_length_falls_back_to_plain_decoding_when_drafts_cannot_pay():
-    policy = DraftLength(None, maximum=8)
-    for _ in range(40):  # drafts cost as much as the target, and half of them are rejected
+def simulate(policy: DraftLength, alpha: float, cost, steps: int, seed: int = 0) -> list[int]:
+    """Drive the policy with a synthetic pair: per-position acceptance `alpha`, iteration cost(γ)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for _ in range(steps):
         gamma = policy.next()
-        policy.observe(gamma, gamma // 2, 1.0 * gamma, 1.0 + 0.05 * gamma)
-    choices = [policy.next() for _ in range(64)]
-    assert choices.count(0) >= 56  # plain decoding, with a rare one-token probe
+        accepted = 0
+        while accepted < gamma and rng.random() < alpha:
+            accepted += 1
+        policy.observe(gamma, accepted, cost(gamma))
+        chosen.append(gamma)
+    return chosen
+
+
+def test_draft_length_falls_back_to_plain_decoding_when_drafts_cannot_pay():
+    # a draft forward costs as much as the target's (tiny models: all overhead), α = 0.6
+    chosen = simulate(DraftLength(None, maximum=8), 0.6, lambda g: 1.0 + 1.0 * g, 300)
+    assert chosen[-200:].count(0) >= 196  # plain decoding, with a rare one-token probe
 
 
 def test_draft_length_drafts_long_when_drafts_are_cheap_and_accepted():
-    policy = DraftLength(None, maximum=8)
-    for _ in range(20):
-        gamma = policy.next() or 1
-        policy.observe(gamma, gamma if gamma < 6 else gamma - 1, 0.01 * gamma, 1.0 + 0.03 * gamma)
-    assert policy.next() >= 5
+    chosen = simulate(DraftLength(None, maximum=8), 0.9, lambda g: 1.0 + 0.05 * g, 100)
+    assert np.median(chosen[-50:]) >= 5
+
+
+def test_draft_length_finds_a_middle_length():
+    # c = 0.2, verification +5% per token, α = 0.7: the best γ by the formula is 3 or 4
+    chosen = simulate(DraftLength(None, maximum=8), 0.7, lambda g: 1.0 + 0.25 * g, 300)
+    assert 2 <= np.median(chosen[-100:]) <= 5

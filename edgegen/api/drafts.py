@@ -38,7 +38,7 @@ class Drafts:
         if spec in ("q4", "q8"):
             from edgegen.api.model import load
 
-            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec,
+            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec, _draft=True,
                          **model.load_options)
         else:
             local = Path(source_path(spec)).expanduser()
@@ -46,7 +46,7 @@ class Drafts:
                 self._check_vocabulary(spec, Tokenizer(local))
             from edgegen.api.model import load
 
-            draft = load(spec, runtime=model.manifest.runtime, **model.load_options)
+            draft = load(spec, runtime=model.manifest.runtime, _draft=True, **model.load_options)
         if not hasattr(draft, "tokenizer"):
             raise ConfigError(f"the draft {spec!r} is not a language model")
         self._check_vocabulary(spec, draft.tokenizer)

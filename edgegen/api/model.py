@@ -43,7 +43,7 @@ class Generation:
 
 
 def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
-         threads: int | None = None, runtime: str | None = None, quant: str = "none") -> Any:
+         threads: int | None = None, runtime: str | None = None, quant: str = "none", _draft: bool = False) -> Any:
     """Load a converted folder, or a bundled name / Hugging Face folder / hub repo id (converted
     once into edgegen's cache for `runtime`): a `Model` for language models, an
     `edgegen.images.ImageModel` for the `var` family (`quant`: q8/q4 weights for such a conversion).
@@ -60,7 +60,7 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     if manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
 
-        backend: LanguageModel = OnnxLanguageModel(folder, manifest, provider, threads)
+        backend: LanguageModel = OnnxLanguageModel(folder, manifest, provider, threads, spinning=not _draft)
     elif manifest.runtime == "mlx":
         from edgegen.runtimes.mlx.backend import MLXLanguageModel
 

@@ -2,26 +2,35 @@
 for itself.
 
 With per-position acceptance α, a draft of γ tokens yields E(γ) = (1 − α^{γ+1}) / (1 − α) tokens
-per verification and costs T_draft(γ) + T_verify(γ + 1), both measured on this machine as decoding
-goes (verification is not free on a CPU: it grows with γ). The choice maximises E(γ) / cost(γ)
-over [0, max]; γ = 0 is plain decoding. When plain decoding wins, a one-token probe now and then
-(ever rarer while probes keep losing) keeps α and the costs current.
+per verification. Its cost is measured here, not assumed: the wall time of whole iterations
+(drafting, the target's forward over γ + 1 tokens, the acceptance test and every overhead around
+them) for each γ used, and a least-squares line cost(γ) = a + b·γ through them for the others. On a
+CPU verification is not free and on tiny models every forward is mostly fixed overhead, so the line
+is what decides. The choice maximises E(γ) / cost(γ) over [0, max]; γ = 0 is plain decoding. While
+plain decoding wins, a one-token probe now and then (ever rarer while probes keep losing) keeps α
+and the costs current.
 """
 
 from __future__ import annotations
 
-DECAY = 0.9  # weight of the past in the running acceptance counts and cost averages
+import collections
+import statistics
+
+DECAY = 0.9  # weight of the past in the running acceptance counts
+WINDOW = 16  # iteration times kept per draft length; their median is its cost (robust to outliers)
 PROBE_FIRST, PROBE_MAX = 8, 256  # iterations between probes while plain decoding wins
+PLAIN_EVERY = 16  # while drafting wins, one plain step in this many keeps the baseline's cost current
+WARMUP = (1, 0, 2, 0)  # the first iterations: cheap points for the cost line, and a first α
 
 
 class DraftLength:
     def __init__(self, fixed: int | None = None, maximum: int = 8):
         self.fixed, self.maximum = fixed, maximum
         self.accepts, self.rejects = 1.0, 1.0  # a weak prior: α = 0.5
-        self.per_draft: float | None = None  # seconds per drafted token (0 for free drafters)
-        self.verify: dict[int, float] = {}  # verified tokens -> seconds
+        self.samples: dict[int, collections.deque] = {}  # γ -> recent seconds per iteration
         self._since_probe, self._probe_every = 0, PROBE_FIRST
-        self._warmup = 2  # the first verifications draft one token: cheap, and enough to measure
+        self._since_plain = 0
+        self._warmup = [g for g in WARMUP if g <= maximum]
 
     @property
     def alpha(self) -> float:
@@ -31,11 +40,15 @@ class DraftLength:
         if self.fixed is not None:
             return self.fixed
         if self._warmup:
-            self._warmup -= 1
-            return 1
-        best = max(range(self.maximum + 1), key=self._rate)
+            return self._warmup.pop(0)
+        costs = self._costs()
+        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g]))
         if best > 0:
             self._since_probe, self._probe_every = 0, PROBE_FIRST
+            self._since_plain += 1
+            if self._since_plain >= PLAIN_EVERY:
+                self._since_plain = 0
+                return 0
             return best
         self._since_probe += 1
         if self._since_probe >= self._probe_every:
@@ -43,39 +56,34 @@ class DraftLength:
             return 1
         return 0
 
-    def observe(self, drafted: int, accepted: int, draft_seconds: float | None, verify_seconds: float) -> None:
-        """One verification: tokens drafted and accepted, the drafter's steady-state cost (None:
-        not measured this time) and the target forward's time."""
-        n = drafted + 1
-        self.verify[n] = _average(self.verify.get(n), verify_seconds)
-        if drafted and draft_seconds is not None:
-            self.per_draft = _average(self.per_draft, draft_seconds / drafted)
+    def observe(self, drafted: int, accepted: int, seconds: float | None) -> None:
+        """One iteration: tokens drafted (0: a plain step) and accepted, and its steady-state wall
+        time (None when it cannot stand for the steady state)."""
+        if seconds is not None:
+            self.samples.setdefault(drafted, collections.deque(maxlen=WINDOW)).append(seconds)
         if drafted:
             self.accepts = DECAY * self.accepts + accepted
             self.rejects = DECAY * self.rejects + (1 if accepted < drafted else 0)
 
-    def _rate(self, gamma: int) -> float:
+    def _rate(self, gamma: int, cost: float) -> float:
         """Expected tokens per second with drafts of `gamma`."""
         a = min(self.alpha, 0.999)
-        tokens = (1 - a ** (gamma + 1)) / (1 - a)
-        cost = gamma * (self.per_draft or 0.0) + self._verify_seconds(gamma + 1)
-        return tokens / cost if cost > 0 else tokens
+        return (1 - a ** (gamma + 1)) / (1 - a) / max(cost, 1e-9)
 
-    def _verify_seconds(self, n: int) -> float:
-        """Measured, or a least-squares line through what was measured (never decreasing in n)."""
-        if n in self.verify:
-            return self.verify[n]
-        if not self.verify:
-            return 1.0 + 0.1 * (n - 1)
-        points = sorted(self.verify.items())
-        if len(points) == 1:
-            (n0, t0), = points
-            return t0 * (1 + 0.1 * (n - n0))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
-        return max(my + max(slope, 0.0) * (n - mx), min(ys))
-
-
-def _average(old: float | None, new: float) -> float:
-    return new if old is None else DECAY * old + (1 - DECAY) * new
+    def _costs(self) -> list[float]:
+        """Seconds per iteration for γ = 0..max: measured, or the least-squares line through what
+        was measured (slope ≥ 0)."""
+        measured = {g: statistics.median(times) for g, times in self.samples.items()}
+        points = sorted(measured.items())
+        if not points:
+            line = (1.0, 0.5)  # nothing measured yet: drafting costs something
+        elif len(points) == 1:
+            line = (points[0][1] * (1 - 0.5 * points[0][0]), 0.5 * points[0][1])
+        else:
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
+            slope = max(slope, 0.0)
+            line = (my - slope * mx, slope)
+        floor = min((p[1] for p in points), default=0.0)
+        return [measured[g] if g in measured else max(line[0] + line[1] * g, floor) for g in range(self.maximum + 1)]

@@ -22,11 +22,15 @@ from edgegen.decoding.sampling import Sampler
 class Proposal:
     tokens: list[int]
     probs: list[np.ndarray] | None  # q_i over the draft's vocabulary, or None (deterministic)
-    seconds: float | None = 0.0  # what proposing costs when drafting every iteration (None: unknown)
+    overhead: float = 0.0  # one-off seconds inside this proposal that drafting every iteration would not pay
 
 
 class Drafter(Protocol):
     name: str
+
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """Called once after the target's prefill (so its cost counts as time to first token)."""
+        ...
 
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal: ...
 
@@ -40,24 +44,30 @@ class ModelDrafter:
         self.session = Session(model, kv)
         self.sampler: Sampler | None = None
         self._for: Sampler | None = None  # the target sampler `self.sampler` was made for
+        self._step: float | None = None  # seconds of a steady catch-up forward (running average)
+
+    def prepare(self, prompt: Sequence[int]) -> None:
+        """The draft's own prefill of the prompt (reusing what its cache already holds)."""
+        self.session.prefill(list(prompt))
 
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
         """γ draft forwards in the steady state: one catches up on the 1-2 tokens the target
         decided (and gives the first draft), γ − 1 extend the draft. After a pause the catch-up
-        runs more tokens; that one-off cost is left out of the reported steady cost."""
-        steady: list[float] = []
+        runs more tokens; what that costs beyond a steady step is reported as `overhead`."""
         if self._for is not sampler:  # the draft samples with the target's settings, from its own stream
             seed = None if sampler.params.seed is None else sampler.params.seed + 1
             self.sampler, self._for = Sampler(dataclasses.replace(sampler.params, seed=seed)), sampler
         t0 = time.perf_counter()
         logits, caught_up = self.session.prefill(list(history))
+        catch_up = time.perf_counter() - t0
         if caught_up <= 2:
-            steady.append(time.perf_counter() - t0)
+            self._step = catch_up if self._step is None else 0.9 * self._step + 0.1 * catch_up
+        overhead = max(catch_up - (self._step or 0.0), 0.0) if caught_up > 2 else 0.0
         context = list(history)
         tokens: list[int] = []
         probs: list[np.ndarray] | None = None if sampler.params.greedy else []
-        room = self.model.context_length - len(context)
-        for i in range(min(n, room)):
+        count = min(n, self.model.context_length - len(context))
+        for i in range(count):
             if probs is None:
                 token = self.sampler(logits, context)  # greedy: argmax, no distribution needed
             else:
@@ -66,12 +76,9 @@ class ModelDrafter:
                 probs.append(q)
             tokens.append(token)
             context.append(token)
-            if i + 1 < min(n, room):
-                t0 = time.perf_counter()
+            if i + 1 < count:
                 logits = self.session.feed([token])[-1]
-                steady.append(time.perf_counter() - t0)
-        per_forward = sum(steady) / len(steady) if steady else None
-        return Proposal(tokens, probs, None if per_forward is None else per_forward * len(tokens))
+        return Proposal(tokens, probs, overhead)
 
 
 class PromptLookupDrafter:
@@ -83,10 +90,11 @@ class PromptLookupDrafter:
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
+    def prepare(self, prompt: Sequence[int]) -> None:
+        pass
+
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
-        t0 = time.perf_counter()
-        tokens = lookup(np.asarray(history, dtype=np.int64), n, self.max_ngram, self.min_ngram)
-        return Proposal(tokens, None, time.perf_counter() - t0)
+        return Proposal(lookup(np.asarray(history, dtype=np.int64), n, self.max_ngram, self.min_ngram), None)
 
 
 def lookup(history: np.ndarray, n: int, max_ngram: int, min_ngram: int) -> list[int]:

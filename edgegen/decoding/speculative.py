@@ -43,6 +43,8 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
     out = Emitter(prompt, stats, max_tokens=max_tokens, stop_ids=stop_ids, should_stop=should_stop)
     logits, stats.prompt_tokens = session.prefill(list(prompt))
     stats.forwards = 1
+    if draft_length.fixed != 0:
+        drafter.prepare(prompt)  # the draft's prefill belongs to the time to first token
     pending = [sampler(logits, out.history)]  # tokens decided but not yet yielded
     verifications = 0
     while True:
@@ -55,30 +57,30 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
         # The cache holds history[:-1]; drafts may not run past the context or max_tokens.
         room = min(out.room, context - len(out.history)) - 1
         gamma = min(draft_length.next(), max(room, 0))
+        t0 = time.perf_counter()
         proposal = drafter.propose(out.history, gamma, sampler) if gamma else Proposal([], None)
-        pending = _verify(session, out.history, proposal, sampler, stats, draft_length)
+        pending, accepted = _verify(session, out.history, proposal, sampler, stats)
+        seconds = time.perf_counter() - t0 - proposal.overhead
+        draft_length.observe(len(proposal.tokens), accepted, seconds if len(proposal.tokens) == gamma else None)
         verifications += 1 if proposal.tokens else 0
         stats.draft_length = stats.drafted / verifications if verifications else 0.0
 
 
-def _verify(session: Session, history: list[int], proposal: Proposal, sampler: Sampler, stats: GenerationStats,
-            draft_length: DraftLength) -> list[int]:
-    """One target forward over [last token, drafts]; the tokens it decides (accepted drafts and one
-    more); the cache is rolled back to the accepted prefix."""
+def _verify(session: Session, history: list[int], proposal: Proposal, sampler: Sampler,
+            stats: GenerationStats) -> tuple[list[int], int]:
+    """One target forward over [last token, drafts]: the tokens it decides (accepted drafts and one
+    more) and how many drafts were accepted; the cache is rolled back to the accepted prefix."""
     vocab = session.model.vocab_size
     cut = next((i for i, t in enumerate(proposal.tokens) if not 0 <= t < vocab), len(proposal.tokens))
     drafts = proposal.tokens[:cut]  # a larger draft vocabulary may propose ids the target lacks (p = 0)
     base = len(history) - 1
-    t0 = time.perf_counter()
     rows = session.feed([history[-1], *drafts], last_only=False)  # (γ + 1, vocab)
     stats.forwards += 1
     accepted, extra = _accept(rows, drafts, proposal.probs, history, sampler)
-    seconds = time.perf_counter() - t0  # the forward and the acceptance test
     session.rewind(base + 1 + accepted)  # keep the last token and the accepted drafts
     stats.drafted += len(drafts)
     stats.accepted += accepted
-    draft_length.observe(len(drafts), accepted, proposal.seconds, seconds)
-    return drafts[:accepted] + [extra]
+    return drafts[:accepted] + [extra], accepted
 
 
 def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, history: list[int],

@@ -29,8 +29,8 @@ class OnnxLanguageModel:
                     | Capability.EMBEDDINGS | Capability.QUANTIZED_KV)
 
     def __init__(self, folder: Path, manifest: Manifest, provider: str | None = None,
-                 threads: int | None = None):
-        self.folder, self.manifest, self.threads = folder, manifest, threads
+                 threads: int | None = None, spinning: bool = True):
+        self.folder, self.manifest, self.threads, self.spinning = folder, manifest, threads, spinning
         self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
         self.provider = choose_provider(provider)
         self.vocab_size = self.config.vocab_size
@@ -62,7 +62,7 @@ class OnnxLanguageModel:
                 raise ConfigError(f"{self.folder} has no {variant} KV-cache graph; convert the model again "
                                   "with this edgegen version")
             self._loaded = None
-            self._loaded = (variant, create_session(self.folder / name, self.provider, self.threads))
+            self._loaded = (variant, create_session(self.folder / name, self.provider, self.threads, self.spinning))
         return self._loaded[1]
 
     def _scales(self, variant: str) -> dict[str, np.ndarray]:

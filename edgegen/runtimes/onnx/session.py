@@ -63,12 +63,16 @@ def choose_provider(requested: str | None) -> str:
     return requested
 
 
-def create_session(model_path: Path, provider: str, threads: int | None = None):
+def create_session(model_path: Path, provider: str, threads: int | None = None, spinning: bool = True):
+    """`spinning=False` makes the session's threads sleep right after a run instead of spinning for
+    more work: what a draft model needs, whose runs alternate with the target's on the same cores."""
     ort = import_ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or int(os.environ.get("EDGEGEN_THREADS", "0"))
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list = ["CPUExecutionProvider"]
     if provider != "cpu":
         providers.insert(0, (PROVIDERS[provider], PROVIDER_OPTIONS.get(provider, {})))
