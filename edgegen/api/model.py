@@ -250,7 +250,7 @@ class Model:
                 return json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
             except (OSError, ValueError, KeyError):
                 pass
-        text = (Path(__file__).parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
+        text = (Path(__file__).resolve().parent.parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
         ids = [i for i in self.tokenizer.encode(text) if i < self.backend.vocab_size][:KV_AUTO_TOKENS]
         print("edgegen: measuring which KV precision keeps perplexity within 1% (once per model)", file=sys.stderr)
         choice = choose_kv_bits(self.backend, ids, tolerance=0.01)
