@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
 from edgegen.core.outputs import atomic_file
@@ -250,7 +251,7 @@ class Model:
                 return json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
             except (OSError, ValueError, KeyError):
                 pass
-        text = (Path(__file__).resolve().parent.parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
+        text = bundled_text(HELDOUT)
         ids = [i for i in self.tokenizer.encode(text) if i < self.backend.vocab_size][:KV_AUTO_TOKENS]
         print("edgegen: measuring which KV precision keeps perplexity within 1% (once per model)", file=sys.stderr)
         choice = choose_kv_bits(self.backend, ids, tolerance=0.01)

@@ -61,10 +61,11 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
 
 
 def _read(path: Path | None) -> str:
+    from edgegen.core.data import HELDOUT, bundled_text
     from edgegen.core.errors import ConfigError
 
     if path is None:
-        return (Path(__file__).resolve().parent.parent / "_data" / "heldout-eval.txt").read_text(encoding="utf-8")
+        return bundled_text(HELDOUT)
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from edgegen.converters.checkpoint import Checkpoint, open_checkpoint
 from edgegen.converters.hub import Source, resolve
+from edgegen.core.data import CALIBRATION, bundled_text
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import DTYPES, QUANTS, RUNTIMES, Manifest, Quantization
 from edgegen.core.outputs import atomic_folder, check_output
@@ -100,7 +101,7 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
 
 def _calibration_ids(tokenizer: Tokenizer, c) -> list[int]:
     """The bundled calibration text in the model's tokens (valid ids only), at most 512 of them."""
-    text = (Path(__file__).resolve().parent.parent / "_data" / "kv-calibration.txt").read_text(encoding="utf-8")
+    text = bundled_text(CALIBRATION)
     ids = [i for i in tokenizer.encode(text) if 0 <= i < c.vocab_size]
     return ids[: min(512, c.context_length)]
 
