@@ -17,7 +17,7 @@ from edgegen.cli import main
 from edgegen.models import BUNDLED, bundled_models
 from edgegen.tokenizer import Tokenizer
 
-NAMES = ("tiny-chat", "tiny-draft")
+NAMES = ("tiny-chat", "tiny-draft")  # the language models; tiny-var and tiny-chat-bd have their own tests
 PROSE = "The json module can serialize Python objects to a string, and parse them back."
 
 

@@ -134,3 +134,18 @@ def test_an_unfinished_stream_in_the_same_thread_is_a_clear_error(converted):
         model.generate("The", max_tokens=2)
     stream.close()
     assert model.generate("The", max_tokens=2, ignore_eos=True).token_ids
+
+
+def test_sigterm_during_convert_leaves_nothing(checkpoints, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgegen", "convert", str(checkpoints("llama")[0]), "-o",
+                             str(tmp_path / "out"), "--quant", "q4"], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.") for p in tmp_path.iterdir()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) in (0, 143)  # finished first, or stopped cleanly
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers in ([], ["out"]), leftovers

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -16,12 +18,20 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a service manager, `kill`) becomes SystemExit(143), so that every `finally` runs:
+    a half-written output is removed, as it is on Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 class Group(click.Group):
     """Every failure of every command ends here: user errors (ours and click's usage errors) print
     one line and exit with code 2; Ctrl-C exits with 130."""
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
+        _exit_cleanly_on_sigterm()
         try:
             return super().main(args, prog_name or "edgegen", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
