@@ -109,3 +109,10 @@ def test_ctrl_c_stops_the_reply_not_the_chat(converted, monkeypatch):
                                 input="hello\nagain\n/quit\n")
     assert result.exit_code == 0, result.output
     assert "partial [stopped]" in result.stdout and calls == [1, 3]
+
+
+def test_a_prompt_past_the_context_is_refused_when_the_stream_is_made(model):
+    from edgegen.core.errors import ContextOverflow
+
+    with pytest.raises(ContextOverflow):
+        model.stream([5] * 600, max_tokens=4)  # not only when iterated

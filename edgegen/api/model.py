@@ -23,7 +23,7 @@ from edgegen.api.text import StopText
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding import block_diffusion, speculative
-from edgegen.decoding.autoregressive import Session, generate
+from edgegen.decoding.autoregressive import Session, check_prompt, generate
 from edgegen.decoding.draft_length import DraftLength
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
@@ -172,6 +172,7 @@ class Model:
         """Checks arguments now (errors surface at the call), then generates under the lock."""
         options = GenerateOptions.from_kwargs(options, **kwargs)
         ids = self._encode(prompt)
+        check_prompt(ids, self.backend.context_length, options.max_tokens)  # too long: an error now, not later
         return self._locked_stream(ids, options, stats, token_sink)
 
     def _locked_stream(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
