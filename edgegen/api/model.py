@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from edgegen.core.data import HELDOUT, bundled_text
-from edgegen.core.errors import ConfigError, EdgegenError
-from edgegen.core.manifest import Manifest
-from edgegen.core.outputs import atomic_file
-from edgegen.core.options import GenerateOptions
-from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.api.drafts import Drafts
 from edgegen.api.text import StopText
+from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
+from edgegen.core.errors import ConfigError, EdgegenError
+from edgegen.core.manifest import Manifest
+from edgegen.core.options import GenerateOptions
+from edgegen.core.outputs import atomic_file
+from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
@@ -109,8 +109,9 @@ class Model:
 
     def generate(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
                  **kwargs: Any) -> Generation:
-        """Generate after `prompt` (text, or token ids). Options: see `GenerateOptions.keys()`
-        (max_tokens, stop, ignore_eos, temperature, top_p, top_k, min_p, repetition_penalty, seed)."""
+        """Generate after `prompt` (text, or token ids). Options, as keywords or one
+        `GenerateOptions`: sampling (temperature, top_p, ...), speculative decoding (draft, ...),
+        the KV cache (kv_bits, ...), diffusion LLMs (block_size, rule, ...); `GenerateOptions.keys()`."""
         stats, pieces, ids = GenerationStats(), [], []
         for piece in self._stream(prompt, options, kwargs, stats, ids):
             pieces.append(piece)
@@ -151,7 +152,7 @@ class Model:
         stats = GenerationStats()
         with self._locked():
             yield from completion.run(self, ids, options, stats)
-            stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+            self._record_peak(stats)
 
     # ------------------------------------------------------------------ internals
     def _session_for(self, options: GenerateOptions) -> Session:
@@ -197,7 +198,11 @@ class Model:
                 yield tail
         finally:
             tokens.close()
-            stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+            self._record_peak(stats)
+
+    def _record_peak(self, stats: GenerationStats) -> None:
+        """The process's peak RSS, or the accelerator's peak where the runtime reports one (Metal)."""
+        stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
 
     def _tokens(self, ids: list[int], options: GenerateOptions, stats: GenerationStats, should_stop) -> Iterator[int]:
         """The token stream of the strategy `options` ask for, over the kept (prefix-reusing) cache."""
