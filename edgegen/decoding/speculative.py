@@ -61,7 +61,7 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
         proposal = drafter.propose(out.history, gamma, sampler) if gamma else Proposal([], None)
         pending, accepted = _verify(session, out.history, proposal, sampler, stats)
         seconds = time.perf_counter() - t0 - proposal.overhead
-        draft_length.observe(len(proposal.tokens), accepted, seconds if len(proposal.tokens) == gamma else None)
+        draft_length.observe(len(proposal.tokens), accepted, seconds)  # under the length actually drafted
         verifications += 1 if proposal.tokens else 0
         stats.draft_length = stats.drafted / verifications if verifications else 0.0
 
