@@ -189,3 +189,13 @@ def test_dllm_options_are_checked(dllm):
     assert out.exit_code == 2 and "block-causal" in out.stderr
     out = CliRunner().invoke(main, ["generate", str(dllm[1]("sdar", "onnx")), "-p", "x", "--draft", "q4"])
     assert out.exit_code == 2 and "diffusion" in out.stderr
+
+
+def test_a_growing_prompt_reuses_its_committed_blocks(dllm):
+    model = edgegen.load(dllm[1]("sdar", "onnx"))
+    model.reset()
+    model.generate(IDS[:10], max_tokens=6, ignore_eos=True)
+    again = model.generate(IDS[:15], max_tokens=6, ignore_eos=True)  # blocks [0, 8) are still in the cache
+    assert again.stats.prompt_tokens == 12 - 8
+    fresh = run(model, IDS[:15], max_tokens=6)
+    assert again.token_ids == fresh.token_ids

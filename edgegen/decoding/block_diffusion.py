@@ -130,11 +130,15 @@ class BlockDiffusion:
         shared = 0
         while shared < first and shared < len(session.tokens) and session.tokens[shared] == canvas.ids[shared]:
             shared += 1
-        keep = min(shared // B * B, first - B)  # at least one block to run, for its last row
+        keep = shared // B * B
+        if self.shift:
+            keep = min(keep, first - B)  # at least one block to run, for its last row (the carry)
         session.rewind(keep)
+        self.stats.prompt_tokens = first - keep
+        if keep == first:  # the whole prompt's blocks are already in the cache
+            return None
         ids = canvas.ids[keep:first]
         rows = session.run(Feed(ids, blocks=[(keep + i) // B for i in range(len(ids))], rows=1))
-        self.stats.prompt_tokens = len(ids)
         return rows[-1]
 
     def _block(self, canvas: _Canvas, lo: int, hi: int, carry: np.ndarray | None) -> Iterator[int]:
@@ -247,5 +251,6 @@ def generate(session: Session, prompt: Sequence[int], sampler: Sampler, plan: Pl
     stats.strategy = "block-diffusion"
     max_tokens = check_prompt(prompt, session.model.context_length, max_tokens)
     out = Emitter(prompt, stats, max_tokens=max_tokens, stop_ids=stop_ids, should_stop=should_stop)
+    stats.prompt_tokens = len(prompt)  # the cached path counts only the blocks it had to run
     engine = BlockDiffusion(session, plan, sampler, stats)
     yield from engine.generate(list(prompt), out, max_tokens)
