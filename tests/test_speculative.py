@@ -245,3 +245,33 @@ def test_draft_length_finds_a_middle_length():
     # c = 0.2, verification +5% per token, α = 0.7: the best γ by the formula is 3 or 4
     chosen = simulate(DraftLength(None, maximum=8), 0.7, lambda g: 1.0 + 0.25 * g, 300)
     assert 2 <= np.median(chosen[-100:]) <= 5
+
+
+def test_a_wider_draft_vocabulary_keeps_the_exact_distribution(pair):
+    """A draft over the same tokenizer with a padded vocabulary may put mass on ids the target
+    lacks: such a proposal is always rejected and the next token comes from the residual."""
+    target, _ = pair
+    wide = FakeModel(vocab_size=V + 3, seed=9, sharpness=1.5)
+    wide.table[:V, :V] = 3 * target.table  # a sharper copy of the target over its ids, so that the
+    wide.table[:V, V:] = 3 * target.table.max(1, keepdims=True) - 1  # residual differs from p; padding ids likely
+    exact = exact_two_token_distribution(target, [2, 3], PARAMS)
+    sampled = sampled_two_token_distribution(target, ModelDrafter(wide, "wide"), [2, 3], RUNS)
+    assert total_variation(sampled, exact) < TV_BOUND
+
+
+def test_later_speculative_positions_follow_the_exact_distribution(pair):
+    """The token after two drafted ones (its marginal): accepted drafts, residuals and bonus tokens
+    past the first speculative position."""
+    target, draft = pair
+    prompt, sampler = [2, 3], Sampler(PARAMS)
+    joint = exact_two_token_distribution(target, prompt, PARAMS)  # (t1, t2)
+    third = np.zeros(V)
+    for a in range(V):
+        for b in range(V):
+            third += joint[a, b] * sampler.probs(target.table[b], prompt + [a, b])
+    counts, drafter = np.zeros(V), ModelDrafter(draft, "draft")  # one drafter: its random stream goes on
+    for _ in range(RUNS):
+        tokens = list(speculative.generate(Session(target), drafter, prompt, sampler,
+                                           max_tokens=4, draft_length=DraftLength(2)))
+        counts[tokens[2]] += 1
+    assert total_variation(counts / RUNS, third) < TV_BOUND

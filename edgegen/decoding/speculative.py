@@ -76,7 +76,8 @@ def _verify(session: Session, history: list[int], proposal: Proposal, sampler: S
     base = len(history) - 1
     rows = session.feed([history[-1], *drafts], last_only=False)  # (γ + 1, vocab)
     stats.forwards += 1
-    accepted, extra = _accept(rows, drafts, proposal.probs, history, sampler)
+    beyond = proposal.probs[cut] if proposal.probs is not None and cut < len(proposal.tokens) else None
+    accepted, extra = _accept(rows, drafts, proposal.probs, history, sampler, beyond)
     session.rewind(base + 1 + accepted)  # keep the last token and the accepted drafts
     stats.drafted += len(drafts)
     stats.accepted += accepted
@@ -84,8 +85,10 @@ def _verify(session: Session, history: list[int], proposal: Proposal, sampler: S
 
 
 def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, history: list[int],
-            sampler: Sampler) -> tuple[int, int]:
-    """(number of drafts accepted, the token that follows them)."""
+            sampler: Sampler, beyond: np.ndarray | None = None) -> tuple[int, int]:
+    """(number of drafts accepted, the token that follows them). `beyond` is the draft's q at a
+    position whose proposal the target's vocabulary lacks (p = 0 there: always rejected, so the
+    token after the accepted drafts comes from the residual, not from p)."""
     context = list(history)
     greedy = sampler.params.greedy
     for i, x in enumerate(drafts):
@@ -101,6 +104,9 @@ def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, his
             if sampler.rng.random() * qx >= px:  # rejected: accept iff r <= p/q
                 return i, _sample(_residual(p, qi, x), sampler)
         context.append(x)
+    if beyond is not None and not greedy:
+        p = sampler.probs(rows[len(drafts)], context)
+        return len(drafts), _sample(_residual(p, _pad(beyond, p.size), -1), sampler)
     return len(drafts), sampler(rows[len(drafts)], context)
 
 
