@@ -19,7 +19,7 @@ from edgegen.cli import main
 from edgegen.core.errors import CapabilityError
 from edgegen.core.protocols import Feed
 from edgegen.decoding import ngram
-from edgegen.decoding.superposed import ngram_mixture
+from edgegen.decoding.superposed import PENALTY, ngram_mixture
 from edgegen.models import BUNDLED
 from test_cli_errors import assert_one_line_error, run
 
@@ -130,7 +130,8 @@ def test_drafts_are_distinct_and_their_scores_recompute(tmp_path):
         for t, token in enumerate(steps):
             context = prompt + d.token_ids[:t]
             mix = ngram_mixture(store, context, np.array([token]))[0]
-            score += (1 - alpha) * result.trace.llm_logprobs[t][token] + alpha * math.log(mix)
+            known = alpha * math.log(mix) if mix > 0 else -PENALTY  # unknown to the store: penalised
+            score += (1 - alpha) * result.trace.llm_logprobs[t][token] + known
         assert score == pytest.approx(d.score, abs=1e-9)
 
 
@@ -150,3 +151,35 @@ def test_superposed_needs_embeddings():
 
     with pytest.raises(CapabilityError, match="embeddings"):
         Superposed(Session(FakeModel()), SuperposedSettings(drafts=2), None)
+
+
+def test_one_draft_with_the_store_at_weight_zero_is_greedy_decoding():
+    model = edgegen.load("tiny-chat", runtime="onnx")
+    greedy = model.generate("The json module", max_tokens=12, ignore_eos=True).token_ids
+    completion = model.complete("The json module", drafts=1, ngram_weight=0.0, max_tokens=12, ignore_eos=True)
+    assert completion.ngram_store and completion.drafts[0].token_ids == greedy
+
+
+def test_streamed_drafts_grow_step_by_step_into_the_result():
+    model = edgegen.load("tiny-chat", runtime="onnx")
+    steps = list(model.stream_complete("The json module", drafts=3, max_tokens=6, ignore_eos=True))
+    assert len(steps) == 6 and all(len(step.drafts) == 3 for step in steps)  # k drafts from the first step
+    lengths = [max(len(d.token_ids) for d in step.drafts) for step in steps]
+    assert lengths == sorted(lengths) and lengths[-1] == 6
+    final = model.complete("The json module", drafts=3, max_tokens=6, ignore_eos=True)
+    assert [d.token_ids for d in steps[-1].drafts] == [d.token_ids for d in final.drafts]
+
+
+def test_complete_with_no_model_uses_tiny_chat_and_its_store():
+    result = CliRunner().invoke(main, ["complete", "-p", "The json module", "-k", "2", "-m", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert len(payload["drafts"]) == 2
+    assert "tiny-chat" in payload["timing"]["ngram_store"]
+    streamed = CliRunner().invoke(main, ["complete", "-p", "The json module", "-k", "2", "-m", "3", "--stream"])
+    assert streamed.exit_code == 0 and streamed.stderr.count(" | ") >= 3
+
+
+def test_the_bundled_store_is_small():
+    size = sum(f.stat().st_size for f in (BUNDLED / "tiny-chat" / "ngram").rglob("*") if f.is_file())
+    assert size <= 10 * 2**20

@@ -131,9 +131,9 @@ class Superposed:
         ngram = ngram_mixture(self.store, context, tokens)
         with np.errstate(divide="ignore"):
             mixed = (1 - self.alpha) * logp + self.alpha * np.log(ngram)
-        if not np.isfinite(mixed).any():  # no n-gram knows this context: the LLM alone, penalised
-            return (1 - self.alpha) * logp - PENALTY
-        return mixed
+        # Tokens no n-gram knows keep the LLM's score, penalised: they rank below every known one,
+        # and still fill the k drafts where the store knows fewer continuations than that.
+        return np.where(np.isfinite(mixed), mixed, (1 - self.alpha) * logp - PENALTY)
 
     def _superpose(self, alive: list[Draft]) -> np.ndarray:
         """(1, hidden): Σ_x w_x E[x], w the drafts' softmaxed scores summed per last token."""
