@@ -275,3 +275,25 @@ def test_later_speculative_positions_follow_the_exact_distribution(pair):
                                            max_tokens=4, draft_length=DraftLength(2)))
         counts[tokens[2]] += 1
     assert total_variation(counts / RUNS, third) < TV_BOUND
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_speculation_stops_at_a_stop_string_where_plain_decoding_does(runtime, converted):
+    target = edgegen.load(converted("qwen2", runtime))
+    prompt = target.tokenizer.encode("The number 12 follows 11 and comes before 13. The number")
+    plain = target.generate(prompt, max_tokens=24, ignore_eos=True)
+    stop = target.tokenizer.decode(plain.token_ids[9:11])  # text from the middle of the reply
+    expected = target.generate(prompt, max_tokens=24, ignore_eos=True, stop=[stop])
+    assert expected.stats.finish_reason == "stop" and len(expected.token_ids) < 24
+    for draft, gamma in itertools.product(["q8", "prompt-lookup"], ["auto", 4]):
+        target.reset()
+        result = target.generate(prompt, max_tokens=24, ignore_eos=True, stop=[stop], draft=draft, num_draft=gamma)
+        assert (result.text, result.stats.finish_reason) == (expected.text, "stop"), (draft, gamma)
+
+
+def test_generate_prints_the_speculation_figures(converted):
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "The number 5", "-m", "8",
+                                       "--draft", "prompt-lookup", "--num-draft", "3"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stderr.splitlines() if line.startswith("speculative:"))
+    assert "tokens per forward" in line and "acceptance" in line and "mean draft length" in line

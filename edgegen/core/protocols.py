@@ -44,9 +44,7 @@ class KVSpec:
     model's compute type), 16 a 16-bit float cache, 8 and 4 quantized caches."""
 
     bits: int | None = None  # None | 16 | 8 | 4
-    group_size: int = 64  # values per scale, where the scheme groups (MLX)
-    window: int = 128  # most recent tokens kept in full precision, where the scheme has a window
-    sink: int = 4  # first tokens kept in full precision, where the scheme has a window
+    group_size: int = 64  # values per scale, where the scheme groups (MLX; ONNX scales are per channel)
 
     @property
     def quantized(self) -> bool:

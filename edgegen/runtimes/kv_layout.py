@@ -3,8 +3,9 @@ arithmetic, shared by the caches, the converter's manifest and `edgegen info`).
 
 ONNX Runtime: float32 by default, or fp16 / int8 / int4 values with static per-channel scales (a
 few bytes per layer, not per token). MLX: the model's float type by default, or fp16, or int8 /
-int4 values with an fp16 scale and bias per group of `group_size` values (mx.quantize); the
-`sink` first and `window` most recent tokens stay in full precision and are not counted here.
+int4 values with an fp16 scale and bias per group of `group_size` values (mx.quantize). Every
+token is stored the same way (no full-precision window: it would make truncate + re-append differ
+from appending once).
 """
 
 from __future__ import annotations
