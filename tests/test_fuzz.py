@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import edgegen
 from edgegen.cli import main
 from edgegen.core.errors import EdgegenError
+from edgegen.models import BUNDLED
 
 settings.register_profile("ci", max_examples=25, derandomize=True, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))
@@ -227,6 +228,26 @@ def test_corrupted_source_folders(checkpoints, tmp_path_factory):
         assert_clean_cli(result)
         leftovers = sorted(p.name for p in root.iterdir() if p.name != "src")
         assert leftovers == (["out"] if result.exit_code == 0 else []), leftovers
+
+    check()
+
+
+def test_corrupted_sentencepiece_tokenizers(tmp_path_factory):
+    """A source whose only tokenizer is a SentencePiece `tokenizer.model` (tiny-draft without its
+    tokenizer.json): a damaged model file fails at convert or at generate, in one line."""
+    pristine = tmp_path_factory.mktemp("spm") / "src"
+    shutil.copytree(BUNDLED / "tiny-draft", pristine, ignore=shutil.ignore_patterns("tokenizer.json", "README.md"))
+
+    @settings(max_examples=min(settings().max_examples, 12))
+    @given(how=CORRUPTIONS)
+    def check(how):
+        root = tmp_path_factory.mktemp("fuzz-spm")
+        shutil.copytree(pristine, root / "src")
+        corrupt(root / "src" / "tokenizer.model", *how)
+        result = invoke("convert", root / "src", "-o", root / "out", "--runtime", "onnx")
+        assert_clean_cli(result)
+        if result.exit_code == 0:
+            assert_clean_cli(invoke("generate", root / "out", "-p", "The json module", "-m", "2"))
 
     check()
 

@@ -117,7 +117,8 @@ def _copy_tokenizer(src: Path, dst: Path) -> Tokenizer:
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-    return Tokenizer(dst)  # fails now, not at load time, if the files are unusable
+    Tokenizer(src)  # fails now, naming the source's files, not at load time, if they are unusable
+    return Tokenizer(dst)
 
 
 def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: Quantization,
