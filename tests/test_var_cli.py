@@ -129,10 +129,11 @@ def test_several_images_become_numbered_files_or_one_grid(tmp_path, converted):
     assert report["classes"] == [1, 1, 2, 2] and len(report["files"]) == 4
     assert [p.name for p in sorted(tmp_path.glob("d-*.png"))] == ["d-1.png", "d-2.png", "d-3.png", "d-4.png"]
     assert report["timing"]["transformer_s"] > 0 and len(report["timing"]["scales_s"]) == 10
-    result = run("image", str(converted), "-c", "1", "-n", "4", "--grid", "-o", str(tmp_path / "grid.png"))
+    result = run("image", str(converted), "-c", "1", "-c", "2", "-c", "3", "-n", "4", "--grid",
+                 "-o", str(tmp_path / "grid.png"))
     assert result.exit_code == 0, result.output
-    with Image.open(tmp_path / "grid.png") as image:
-        assert image.size == (2 * 32 + 2, 2 * 32 + 2)
+    with Image.open(tmp_path / "grid.png") as image:  # a row of 4 per class
+        assert image.size == (4 * 32 + 3 * 2, 3 * 32 + 2 * 2)
 
 
 def test_force_never_replaces_a_file_edgegen_did_not_write(tmp_path, converted):

@@ -68,7 +68,7 @@ def image(model: str | None, classes: tuple[str, ...], out: Path, n: int, as_gri
     described = [f"class {c}" + (f" ({loaded.class_names[c]})" if loaded.class_names else "")
                  + f", cfg {cfg:g}, top-k {top_k}, top-p {top_p:g}, seed {seed}" for c in result.class_ids]
     if as_grid:
-        save_png(grid(result.images), paths[0], "; ".join(sorted(set(described))))
+        save_png(grid(result.images, columns=n), paths[0], "; ".join(sorted(set(described))))  # a row per class
     else:
         for image_, path, text in zip(result.images, paths, described):
             save_png(image_, path, text)
