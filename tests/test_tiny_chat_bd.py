@@ -1,0 +1,63 @@
+"""The bundled block-diffusion model tiny-chat-bd: an SDAR-layout folder that goes through the real
+converter and decodes offline, in parallel, into words (ONNX only, a few dozen tokens: fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import edgegen
+from edgegen.cli import main
+from edgegen.models import BUNDLED
+from edgegen.tokenizer import Tokenizer
+
+FOLDER = BUNDLED / "tiny-chat-bd"
+QUESTION = [{"role": "user", "content": "What does json.dumps do?"}]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-chat-bd") / "onnx"
+    result = CliRunner().invoke(main, ["convert", str(FOLDER), "-o", str(out), "--runtime", "onnx"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_the_folder_is_in_sdars_layout_with_a_mask_token():
+    config = json.loads((FOLDER / "config.json").read_text())
+    assert config["model_type"] == "sdar" and config["architectures"] == ["SDARForCausalLM"]
+    tokenizer = Tokenizer(FOLDER)
+    assert tokenizer.token_id("<|MASK|>") == config["mask_token_id"] == config["vocab_size"] - 1
+    assert tokenizer.encode("<|MASK|>", add_special_tokens=False) == [config["mask_token_id"]]
+    assert config["block_size"] in (4, 8, 16, 32)
+    assert not (FOLDER / "tokenizer.model").exists()  # it could not hold the mask token
+    assert tokenizer.eos_token_ids == Tokenizer(BUNDLED / "tiny-chat").eos_token_ids
+
+
+def test_it_converts_as_a_block_causal_diffusion_llm(converted):
+    model = edgegen.load(converted)
+    assert model.manifest.family == "dllm"
+    spec = model.manifest.diffusion
+    assert spec["attention"] == "block" and not spec["shift"]
+    assert spec["mask_token_id"] == json.loads((FOLDER / "config.json").read_text())["mask_token_id"]
+
+
+@pytest.mark.parametrize("block_size", [4, 8, 32])
+def test_it_replies_in_words_committing_several_tokens_per_forward(converted, block_size):
+    model = edgegen.load(converted)
+    reply = model.chat(QUESTION, max_tokens=32, block_size=block_size, threshold=0.5)  # (at 0.9 it is ~1.1)
+    mask = model.manifest.diffusion["mask_token_id"]
+    assert reply.stats.strategy == "block-diffusion"
+    assert 0 < reply.stats.generated_tokens <= 32 and mask not in reply.token_ids
+    assert sum(ch.isalpha() for ch in reply.text) > 10
+    assert reply.stats.tokens_per_forward > 1.5
+
+
+def test_edgegen_generate_runs_the_bundled_name_offline():
+    result = CliRunner().invoke(main, ["generate", "tiny-chat-bd", "-p", "What is a generator?", "--max-tokens", "24",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    timing = json.loads(result.stdout)["timing"]
+    assert timing["strategy"] == "block-diffusion" and timing["tokens_per_forward"] > 0.5
