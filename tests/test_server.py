@@ -185,7 +185,9 @@ def test_api_key_guards_every_route_but_health_and_the_page(model):
 def test_serve_command_starts_answers_and_stops():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "edgegen", "serve", "tiny-chat", "--port", "0", "--log-level", "warning"]
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    # Ctrl-C as in a terminal, even where this test runs as a background job (which inherits SIGINT ignored)
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         try:
             line = ""
             while "serving" not in line:
