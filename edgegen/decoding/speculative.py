@@ -76,8 +76,9 @@ def _verify(session: Session, history: list[int], proposal: Proposal, sampler: S
     base = len(history) - 1
     rows = session.feed([history[-1], *drafts], last_only=False)  # (γ + 1, vocab)
     stats.forwards += 1
-    beyond = proposal.probs[cut] if proposal.probs is not None and cut < len(proposal.tokens) else None
-    accepted, extra = _accept(rows, drafts, proposal.probs, history, sampler, beyond)
+    # The first id the target lacks (if any) is judged too: p = 0 there, so it is rejected and the
+    # next token comes from the residual, from the row the fed prefix already gives.
+    accepted, extra = _accept(rows, proposal.tokens[: cut + 1], proposal.probs, history, sampler)
     session.rewind(base + 1 + accepted)  # keep the last token and the accepted drafts
     stats.drafted += len(drafts)
     stats.accepted += accepted
@@ -85,10 +86,9 @@ def _verify(session: Session, history: list[int], proposal: Proposal, sampler: S
 
 
 def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, history: list[int],
-            sampler: Sampler, beyond: np.ndarray | None = None) -> tuple[int, int]:
-    """(number of drafts accepted, the token that follows them). `beyond` is the draft's q at a
-    position whose proposal the target's vocabulary lacks (p = 0 there: always rejected, so the
-    token after the accepted drafts comes from the residual, not from p)."""
+            sampler: Sampler) -> tuple[int, int]:
+    """(number of drafts accepted, the token that follows them). `rows` has one row per draft plus
+    one, except when the last draft is an id the target lacks, which is always rejected."""
     context = list(history)
     greedy = sampler.params.greedy
     for i, x in enumerate(drafts):
@@ -99,14 +99,11 @@ def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, his
         else:
             p = sampler.probs(rows[i], context)
             qi = None if q is None else _pad(q[i], p.size)
-            qx = 1.0 if qi is None else qi[x]
+            qx = 1.0 if q is None else q[i][x]  # x may lie past the target's vocabulary
             px = p[x] if x < p.size else 0.0
             if sampler.rng.random() * qx >= px:  # rejected: accept iff r <= p/q
                 return i, _sample(_residual(p, qi, x), sampler)
         context.append(x)
-    if beyond is not None and not greedy:
-        p = sampler.probs(rows[len(drafts)], context)
-        return len(drafts), _sample(_residual(p, _pad(beyond, p.size), -1), sampler)
     return len(drafts), sampler(rows[len(drafts)], context)
 
 
