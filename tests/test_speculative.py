@@ -236,6 +236,32 @@ def test_draft_length_falls_back_to_plain_decoding_when_drafts_cannot_pay():
     assert chosen[-200:].count(0) >= 196  # plain decoding, with a rare one-token probe
 
 
+def decode_time(policy: DraftLength, alpha: float, cost, catch_up: float, tokens: int, seed: int = 0) -> float:
+    """Seconds to decode `tokens` under the policy with a synthetic pair whose draft must catch up
+    on skipped tokens at `catch_up` seconds each (plain decoding: 1 second per token)."""
+    rng = np.random.default_rng(seed)
+    done, seconds, skipped = 0, 0.0, 0
+    while done < tokens:
+        gamma = policy.next(catch_up * skipped)
+        accepted = 0
+        while accepted < gamma and rng.random() < alpha:
+            accepted += 1
+        overhead = catch_up * skipped if gamma else 0.0
+        policy.observe(gamma, accepted, cost(gamma), overhead)
+        seconds += cost(gamma) + overhead
+        done += accepted + 1
+        skipped = 0 if gamma else skipped + 1
+    return seconds / done
+
+
+@pytest.mark.parametrize("tokens", [128, 1000])
+@pytest.mark.parametrize("alpha", [0.3, 0.9])
+def test_draft_length_costs_under_5_percent_where_a_draft_model_cannot_pay(tokens, alpha):
+    # MLX on a CPU: every forward costs as much per token fed as a step, so a γ-token draft and its
+    # verification cost 1 + 2γ steps and catching the draft up costs a step per skipped token
+    assert decode_time(DraftLength(None, maximum=8), alpha, lambda g: 1.0 + 2.0 * g, 1.0, tokens) <= 1.05
+
+
 def test_draft_length_drafts_long_when_drafts_are_cheap_and_accepted():
     chosen = simulate(DraftLength(None, maximum=8), 0.9, lambda g: 1.0 + 0.05 * g, 100)
     assert np.median(chosen[-50:]) >= 5

@@ -6,9 +6,15 @@ per verification. Its cost is measured here, not assumed: the wall time of whole
 (drafting, the target's forward over γ + 1 tokens, the acceptance test and every overhead around
 them) for each γ used, and a least-squares line cost(γ) = a + b·γ through them for the others. On a
 CPU verification is not free and on tiny models every forward is mostly fixed overhead, so the line
-is what decides. The choice maximises E(γ) / cost(γ) over [0, max]; γ = 0 is plain decoding. While
-plain decoding wins, a one-token probe now and then (ever rarer while probes keep losing) keeps α
-and the costs current.
+is what decides. The choice maximises E(γ) / cost(γ) over [0, max]; γ = 0 is plain decoding.
+
+While plain decoding wins, a one-token probe now and then keeps α and the costs current. A probe
+is not free: besides its own iteration, a draft model must first catch up on every token decided
+since it last ran (on a backend whose forward costs grow with the tokens fed, such as MLX on a
+CPU, that is as dear as having drafted all along). Probes therefore come ever rarer while they keep
+losing, and only while what they have cost beyond plain decoding, with the next one's estimate
+(the drafter's catch-up estimate, from its measured seconds per token), stays within `BUDGET` of
+the time spent decoding.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import statistics
 DECAY = 0.9  # weight of the past in the running acceptance counts
 WINDOW = 16  # iteration times kept per draft length; their median is its cost (robust to outliers)
 PROBE_FIRST, PROBE_MAX = 8, 256  # iterations between probes while plain decoding wins
+BUDGET = 0.03  # probes may cost at most this share of the decoding time beyond plain decoding
 PLAIN_EVERY = 16  # while drafting wins, one plain step in this many keeps the baseline's cost current
-WARMUP = (1, 0, 2, 0)  # the first iterations: cheap points for the cost line, and a first α
+WARMUP = (1, 0)  # the first iterations: the two cheapest points of the cost line, and a first α
 
 
 class DraftLength:
@@ -31,12 +38,17 @@ class DraftLength:
         self._since_probe, self._probe_every = 0, PROBE_FIRST
         self._since_plain = 0
         self._warmup = [g for g in WARMUP if g <= maximum]
+        self._elapsed = self._explored = 0.0  # seconds decoding; seconds probes cost beyond plain decoding
+        self._probing = False
 
     @property
     def alpha(self) -> float:
         return self.accepts / (self.accepts + self.rejects)
 
-    def next(self) -> int:
+    def next(self, catch_up: float = 0.0) -> int:
+        """The next draft length; `catch_up`: the drafter's estimate of the seconds it would first
+        spend catching up on the tokens decided since it last ran."""
+        self._probing = False
         if self.fixed is not None:
             return self.fixed
         if self._warmup:
@@ -51,16 +63,23 @@ class DraftLength:
                 return 0
             return best
         self._since_probe += 1
-        if self._since_probe >= self._probe_every:
-            self._since_probe, self._probe_every = 0, min(2 * self._probe_every, PROBE_MAX)
-            return 1
-        return 0
+        if self._since_probe < self._probe_every:
+            return 0
+        self._since_probe, self._probe_every = 0, min(2 * self._probe_every, PROBE_MAX)
+        estimate = catch_up + max(costs[1] - costs[0] * (1 + self.alpha), 0.0)
+        if self._explored + estimate > BUDGET * (self._elapsed + estimate):
+            return 0
+        self._probing = True
+        return 1
 
-    def observe(self, drafted: int, accepted: int, seconds: float | None) -> None:
-        """One iteration: tokens drafted (0: a plain step) and accepted, and its steady-state wall
-        time (None when it cannot stand for the steady state)."""
+    def observe(self, drafted: int, accepted: int, seconds: float | None, overhead: float = 0.0) -> None:
+        """One iteration: tokens drafted (0: a plain step) and accepted, its steady-state wall time
+        (None when it cannot stand for the steady state) and the drafter's one-off `overhead`."""
         if seconds is not None:
             self.samples.setdefault(drafted, collections.deque(maxlen=WINDOW)).append(seconds)
+            self._elapsed += seconds + overhead
+            if self._probing:
+                self._explored += seconds + overhead - self._costs()[0] * (accepted + 1)
         if drafted:
             self.accepts = DECAY * self.accepts + accepted
             self.rejects = DECAY * self.rejects + (1 if accepted < drafted else 0)

@@ -34,6 +34,11 @@ class Drafter(Protocol):
 
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal: ...
 
+    def catch_up_seconds(self, skipped: int) -> float:
+        """An estimate of what the next proposal costs beyond a steady one after `skipped` tokens
+        were decided without drafting (a draft model must run them first; 0 for stateless drafts)."""
+        ...
+
 
 class ModelDrafter:
     """A draft model with its own KV cache, kept in step with the target's history by the
@@ -45,10 +50,19 @@ class ModelDrafter:
         self.sampler: Sampler | None = None
         self._for: Sampler | None = None  # the target sampler `self.sampler` was made for
         self._step: float | None = None  # seconds of a steady catch-up forward (running average)
+        self._per_token: float | None = None  # seconds per token of the last long catch-up or prefill
 
     def prepare(self, prompt: Sequence[int]) -> None:
         """The draft's own prefill of the prompt (reusing what its cache already holds)."""
-        self.session.prefill(list(prompt))
+        t0 = time.perf_counter()
+        _, ran = self.session.prefill(list(prompt))
+        if ran > 2:
+            self._per_token = (time.perf_counter() - t0) / ran
+
+    def catch_up_seconds(self, skipped: int) -> float:
+        if self._per_token is None:  # never measured: as dear as a steady draft step per token
+            return skipped * (self._step or 0.0)
+        return skipped * self._per_token
 
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
         """γ draft forwards in the steady state: one catches up on the 1-2 tokens the target
@@ -63,6 +77,8 @@ class ModelDrafter:
         if caught_up <= 2:
             self._step = catch_up if self._step is None else 0.9 * self._step + 0.1 * catch_up
         overhead = max(catch_up - (self._step or 0.0), 0.0) if caught_up > 2 else 0.0
+        if caught_up > 2:
+            self._per_token = overhead / (caught_up - 1)
         context = list(history)
         tokens: list[int] = []
         probs: list[np.ndarray] | None = None if sampler.params.greedy else []
@@ -92,6 +108,9 @@ class PromptLookupDrafter:
 
     def prepare(self, prompt: Sequence[int]) -> None:
         pass
+
+    def catch_up_seconds(self, skipped: int) -> float:
+        return 0.0
 
     def propose(self, history: Sequence[int], n: int, sampler: Sampler) -> Proposal:
         return Proposal(lookup(np.asarray(history, dtype=np.int64), n, self.max_ngram, self.min_ngram), None)

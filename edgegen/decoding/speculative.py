@@ -46,7 +46,7 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
     if draft_length.fixed != 0:
         drafter.prepare(prompt)  # the draft's prefill belongs to the time to first token
     pending = [sampler(logits, out.history)]  # tokens decided but not yet yielded
-    verifications = 0
+    verifications, skipped = 0, 0  # skipped: tokens decided since the drafter last ran
     while True:
         for token in pending:
             if not out.accept(token):
@@ -56,12 +56,13 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
                 return
         # The cache holds history[:-1]; drafts may not run past the context or max_tokens.
         room = min(out.room, context - len(out.history)) - 1
-        gamma = min(draft_length.next(), max(room, 0))
+        gamma = min(draft_length.next(drafter.catch_up_seconds(skipped)), max(room, 0))
         t0 = time.perf_counter()
         proposal = drafter.propose(out.history, gamma, sampler) if gamma else Proposal([], None)
         pending, accepted = _verify(session, out.history, proposal, sampler, stats)
         seconds = time.perf_counter() - t0 - proposal.overhead
-        draft_length.observe(len(proposal.tokens), accepted, seconds)  # under the length actually drafted
+        draft_length.observe(len(proposal.tokens), accepted, seconds, proposal.overhead)  # the length drafted
+        skipped = 0 if proposal.tokens else skipped + len(pending)
         verifications += 1 if proposal.tokens else 0
         stats.draft_length = stats.drafted / verifications if verifications else 0.0
 
