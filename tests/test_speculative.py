@@ -267,6 +267,30 @@ def test_draft_length_drafts_long_when_drafts_are_cheap_and_accepted():
     assert np.median(chosen[-50:]) >= 5
 
 
+def test_draft_length_drafts_long_when_acceptance_comes_in_runs():
+    # prompt lookup: a match is right for the whole draft (35%) or wrong from its first token; one α
+    # for all positions (≈ 0.35 per token) would call any γ > 1 a loss at this verification cost
+    rng, policy, chosen = np.random.default_rng(0), DraftLength(None, maximum=8), []
+    for _ in range(300):
+        gamma = policy.next()
+        accepted = gamma if rng.random() < 0.35 else 0
+        policy.observe(gamma, accepted, 1.0 + 0.15 * gamma)
+        chosen.append(gamma)
+    assert np.median(chosen[-100:]) >= 6
+
+
+def test_one_early_rejection_does_not_end_drafting_on_a_pair_that_pays():
+    rng, policy, chosen = np.random.default_rng(0), DraftLength(None, maximum=8), []
+    for i in range(100):
+        gamma = policy.next()
+        accepted = 0
+        while accepted < gamma and i > 0 and rng.random() < 0.85:  # the very first draft is rejected
+            accepted += 1
+        policy.observe(gamma, accepted, 1.0 + 0.45 * gamma)  # one rejection alone would say γ = 1 loses
+        chosen.append(gamma)
+    assert np.median(chosen[-50:]) >= 2
+
+
 def test_draft_length_finds_a_middle_length():
     # c = 0.2, verification +5% per token, α = 0.7: the best γ by the formula is 3 or 4
     chosen = simulate(DraftLength(None, maximum=8), 0.7, lambda g: 1.0 + 0.25 * g, 300)

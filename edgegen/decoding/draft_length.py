@@ -1,20 +1,29 @@
 """How many tokens to draft before the next verification: fixed, or chosen so that speculation pays
 for itself.
 
-With per-position acceptance α, a draft of γ tokens yields E(γ) = (1 − α^{γ+1}) / (1 − α) tokens
-per verification. Its cost is measured here, not assumed: the wall time of whole iterations
-(drafting, the target's forward over γ + 1 tokens, the acceptance test and every overhead around
-them) for each γ used, and a least-squares line cost(γ) = a + b·γ through them for the others. On a
-CPU verification is not free and on tiny models every forward is mostly fixed overhead, so the line
-is what decides. The choice maximises E(γ) / cost(γ) over [0, max]; γ = 0 is plain decoding.
+A draft of γ tokens yields E(γ) = 1 + Σ_{i≤γ} Π_{j≤i} h_j tokens per verification, h_j the chance
+that draft j is accepted once drafts 1..j−1 were. Two rates are kept: h_1, and one h for every later
+position (one α for all would give the familiar (1 − α^{γ+1}) / (1 − α)). Two, because acceptance
+comes in runs: a prompt-lookup match that is right for one token tends to be right for the next
+ones, so the later rate is far above the first, and long drafts pay where one α would call them
+hopeless.
 
-While plain decoding wins, a one-token probe now and then keeps α and the costs current. A probe
-is not free: besides its own iteration, a draft model must first catch up on every token decided
-since it last ran (on a backend whose forward costs grow with the tokens fed, such as MLX on a
-CPU, that is as dear as having drafted all along). Probes therefore come ever rarer while they keep
-losing, and only while what they have cost beyond plain decoding, with the next one's estimate
-(the drafter's catch-up estimate, from its measured seconds per token), stays within `BUDGET` of
-the time spent decoding.
+The cost is measured, not assumed: the wall time of whole iterations (drafting, the target's
+forward over γ + 1 tokens, the acceptance test and every overhead around them) for each γ used, and
+a least-squares line cost(γ) = a + b·γ through them for the others. On a CPU verification is not
+free and on tiny models every forward is mostly fixed overhead, so the line is what decides. The
+choice maximises E(γ) / cost(γ) over [0, max]; γ = 0 is plain decoding. It starts with one draft
+and one plain step (two points of the line), then drafts until a few drafts were judged (one early
+rejection says little about α), unless the costs alone rule drafting out: where even an accepted
+draft would not pay for itself (a forward that costs as much per token fed as a step).
+
+While plain decoding wins, a probe now and then (a draft of the length that loses least) keeps the
+rates and costs current. A probe is not free: besides its own iteration, a draft model must first
+catch up on every token decided since it last ran (on a backend whose forward cost grows with the
+tokens fed, such as MLX on a CPU, that is as dear as having drafted all along). Probes therefore
+come ever rarer while they keep losing, and only while what they have cost beyond plain decoding,
+plus the next one's estimate (with the drafter's own estimate of its catch-up), stays within
+`BUDGET` of the time spent decoding.
 """
 
 from __future__ import annotations
@@ -22,39 +31,57 @@ from __future__ import annotations
 import collections
 import statistics
 
-DECAY = 0.9  # weight of the past in the running acceptance counts
+DECAY = 0.95  # weight of the past in the running acceptance counts (per drafting iteration)
+PRIOR = 2.0  # pseudo-counts pulling the later positions' acceptance rate towards the first one's
 WINDOW = 16  # iteration times kept per draft length; their median is its cost (robust to outliers)
 PROBE_FIRST, PROBE_MAX = 8, 256  # iterations between probes while plain decoding wins
 BUDGET = 0.03  # probes may cost at most this share of the decoding time beyond plain decoding
 PLAIN_EVERY = 16  # while drafting wins, one plain step in this many keeps the baseline's cost current
 WARMUP = (1, 0)  # the first iterations: the two cheapest points of the cost line, and a first α
+MIN_DRAFTS = 4  # then drafts go on until this many were judged, unless even all-accepted drafts would lose
+CLEAR_WIN = 1.2  # ... (or win by less than this factor: measurement noise could fake a smaller win)
 
 
 class DraftLength:
     def __init__(self, fixed: int | None = None, maximum: int = 8):
         self.fixed, self.maximum = fixed, maximum
-        self.accepts, self.rejects = 1.0, 1.0  # a weak prior: α = 0.5
+        self.reached = [0.0] * (maximum + 1)  # per draft position j ≥ 1: drafts judged (decayed counts)
+        self.passed = [0.0] * (maximum + 1)  # ... and accepted
         self.samples: dict[int, collections.deque] = {}  # γ -> recent seconds per iteration
         self._since_probe, self._probe_every = 0, PROBE_FIRST
         self._since_plain = 0
         self._warmup = [g for g in WARMUP if g <= maximum]
         self._elapsed = self._explored = 0.0  # seconds decoding; seconds probes cost beyond plain decoding
         self._probing = False
+        self._drafts = 0  # drafting iterations observed
 
     @property
     def alpha(self) -> float:
-        return self.accepts / (self.accepts + self.rejects)
+        """The first draft's acceptance rate."""
+        return self._accept_rates()[1] if self.maximum else 0.5
+
+    def _accept_rates(self) -> list[float]:
+        """h_j for j = 1..max (index 0 unused): the first draft's rate, and one pooled rate for
+        every later position (how often a draft goes on being accepted), from the decayed counts,
+        each pulled by pseudo-counts towards a prior (0.5; the first draft's rate) so that a few
+        judgements do not decide alone. Two numbers, not one per position: the later positions
+        are judged rarely, and one rate each would be noise."""
+        first = (self.passed[1] + 0.5) / (self.reached[1] + 1)
+        later = (sum(self.passed[2:]) + PRIOR * first) / (sum(self.reached[2:]) + PRIOR)
+        return [1.0, min(first, 0.999)] + [min(later, 0.999)] * (self.maximum - 1)
 
     def next(self, catch_up: float = 0.0) -> int:
         """The next draft length; `catch_up`: the drafter's estimate of the seconds it would first
         spend catching up on the tokens decided since it last ran."""
         self._probing = False
-        if self.fixed is not None:
-            return self.fixed
+        if self.fixed is not None or self.maximum == 0:
+            return self.fixed or 0
         if self._warmup:
             return self._warmup.pop(0)
-        costs = self._costs()
-        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g]))
+        costs, rates = self._costs(), self._accept_rates()
+        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))
+        if best == 0 and self._drafts < MIN_DRAFTS and self._could_pay(costs):
+            return max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))  # learn α first
         if best > 0:
             self._since_probe, self._probe_every = 0, PROBE_FIRST
             self._since_plain += 1
@@ -66,11 +93,13 @@ class DraftLength:
         if self._since_probe < self._probe_every:
             return 0
         self._since_probe, self._probe_every = 0, min(2 * self._probe_every, PROBE_MAX)
-        estimate = catch_up + max(costs[1] - costs[0] * (1 + self.alpha), 0.0)
+        probe = max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))  # the best loser
+        expected = self._rate(probe, 1.0, rates)  # tokens per verification
+        estimate = catch_up + max(costs[probe] - costs[0] * expected, 0.0)
         if self._explored + estimate > BUDGET * (self._elapsed + estimate):
             return 0
         self._probing = True
-        return 1
+        return probe
 
     def observe(self, drafted: int, accepted: int, seconds: float | None, overhead: float = 0.0) -> None:
         """One iteration: tokens drafted (0: a plain step) and accepted, its steady-state wall time
@@ -81,13 +110,27 @@ class DraftLength:
             if self._probing:
                 self._explored += seconds + overhead - self._costs()[0] * (accepted + 1)
         if drafted:
-            self.accepts = DECAY * self.accepts + accepted
-            self.rejects = DECAY * self.rejects + (1 if accepted < drafted else 0)
+            self._drafts += 1
+            for j in range(1, self.maximum + 1):
+                self.reached[j] *= DECAY
+                self.passed[j] *= DECAY
+        for j in range(1, min(accepted + 1, drafted) + 1):  # judged: the accepted and the first rejected
+            self.reached[j] += 1
+            self.passed[j] += j <= accepted
 
-    def _rate(self, gamma: int, cost: float) -> float:
+    def _could_pay(self, costs: list[float]) -> bool:
+        """Would some draft length clearly beat plain decoding if every draft were accepted?"""
+        plain = 1 / max(costs[0], 1e-9)
+        return any((g + 1) / max(costs[g], 1e-9) > CLEAR_WIN * plain for g in range(1, self.maximum + 1))
+
+    def _rate(self, gamma: int, cost: float, rates: list[float] | None = None) -> float:
         """Expected tokens per second with drafts of `gamma`."""
-        a = min(self.alpha, 0.999)
-        return (1 - a ** (gamma + 1)) / (1 - a) / max(cost, 1e-9)
+        rates = rates or self._accept_rates()
+        expected, survive = 1.0, 1.0
+        for j in range(1, gamma + 1):
+            survive *= rates[j]
+            expected += survive
+        return expected / max(cost, 1e-9)
 
     def _costs(self) -> list[float]:
         """Seconds per iteration for γ = 0..max: measured, or the least-squares line through what
