@@ -9,7 +9,10 @@
    against the exact-match rule of mlx-lm (Σ p·q), measured on the same positions; and mlx-lm's own
    `draft_model` speculation on the same pair, when mlx-lm is installed.
 3. With --large: the Qwen2.5-0.5B-shaped checkpoint (random weights) as an fp32 and a q8 ONNX
-   target, drafted by its own q4 copy; greedy output must equal the plain fp32 output.
+   target, drafted by its own q4 copy; greedy output must equal the plain fp32 output. Random
+   weights have flat logits, so the q4 copy's proposals are rarely the target's argmax; the same
+   part therefore also measures the costs (a q4 draft step, verification of γ + 1 tokens) and
+   prints the speedup they give at acceptance rates a trained model has.
 Every speculative run's tokens are checked against plain decoding (greedy is lossless).
 """
 
@@ -160,7 +163,48 @@ def large(args: argparse.Namespace) -> list[dict]:
             rows.append({"target": "fp32" if quant == "none" else quant, "draft": name, **r})
             log(f"[0.5B {quant}] {name}: {r['speedup']:.2f}×, acceptance {r['acceptance']:.2f}")
         del model
-    return rows
+    return rows, cost_model(ckpt, ids)
+
+
+def forward_seconds(model, ids: list[int], n: int, repeats: int = 5) -> float:
+    """Median wall time of one forward of `n` tokens after the prompt (logits for all of them, as a
+    verification needs), the cache rolled back after each."""
+    from edgegen.core.protocols import Feed
+
+    backend, cache = model.backend, model.backend.new_cache()
+    backend.forward(Feed(tokens=ids), cache)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        backend.forward(Feed(tokens=ids[:n], rows=0 if n > 1 else 1), cache)
+        times.append(time.perf_counter() - t0)
+        cache.truncate(len(ids))
+    return statistics.median(times[1:])
+
+
+def cost_model(ckpt: Path, ids: list[int], alphas=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -> dict:
+    """What random weights hide: the speedup a q4 self-draft would give at 0.5B if its proposals were
+    accepted at rate α, from measured costs (a q4 draft step; fp32 / q8 verification of γ + 1 tokens):
+    speedup(γ, α) = E(γ, α) · plain / (γ · draft + verify(γ)), E = (1 − α^{γ+1}) / (1 − α)."""
+    draft = edgegen.load(str(ckpt), runtime="onnx", quant="q4")
+    step = forward_seconds(draft, ids, 1)
+    del draft
+    out = {"draft_step_s": step}
+    for quant in ("none", "q8"):
+        model = edgegen.load(str(ckpt), runtime="onnx", quant=quant)
+        verify = {g: forward_seconds(model, ids, g + 1) for g in range(9)}
+        del model
+        rows = {}
+        for a in alphas:
+            rate = {g: (1 - a ** (g + 1)) / (1 - a) * verify[0] / (g * step + verify[g]) for g in range(1, 9)}
+            best = max(rate, key=rate.get)
+            rows[str(a)] = {"best_gamma": best, "speedup": rate[best]}
+        target = "fp32" if quant == "none" else quant
+        out[target] = {"verify_s": verify, "projected": rows}
+        log(f"[0.5B {target}] plain step {verify[0] * 1e3:.0f} ms, q4 draft step {step * 1e3:.0f} ms, verify of 5 "
+            f"{verify[4] * 1e3:.0f} ms; projected speedup at α 0.7/0.8/0.9: "
+            + " / ".join(f"{rows[str(a)]['speedup']:.2f}× (γ {rows[str(a)]['best_gamma']})" for a in (0.7, 0.8, 0.9)))
+    return out
 
 
 def summary_table(rows: list[dict]) -> list[tuple[str, ...]]:
@@ -182,7 +226,7 @@ def summary_table(rows: list[dict]) -> list[tuple[str, ...]]:
 def main() -> int:
     args = parse_args()
     report: dict = {"settings": vars(args) | {"out": str(args.out)}, "versions": versions(), "tiny": [],
-                    "t1": [], "mlx_lm": None, "large": []}
+                    "t1": [], "mlx_lm": None, "large": [], "large_cost_model": None}
     for runtime in [r for r in args.runtimes.split(",") if r]:  # --runtimes "" with --large: the 0.5B part alone
         log(f"== tiny-chat on {runtime}")
         report["tiny"] += tiny_chat(runtime, args)
@@ -190,7 +234,7 @@ def main() -> int:
     if "mlx" in args.runtimes:
         report["mlx_lm"] = mlxlm_speculation(args.tokens)
     if args.large:
-        report["large"] = large(args)
+        report["large"], report["large_cost_model"] = large(args)
     for rows in (report["tiny"], report["large"]):
         for r in rows:
             r.pop("tokens", None)
@@ -201,6 +245,7 @@ def main() -> int:
     print("mlx-lm speculation:", json.dumps(report["mlx_lm"], indent=1))
     if report["large"]:
         print("0.5B-shaped:", json.dumps(report["large"], indent=1))
+        print("0.5B-shaped cost model:", json.dumps(report["large_cost_model"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nresults written to {args.out}")
