@@ -80,6 +80,22 @@ def test_prompt_lookup_proposes_what_followed_the_last_match():
     assert lookup(np.array([1, 2, 3]), 4, 3, 1) == []
 
 
+def naive_lookup(history: list[int], n: int, max_ngram: int, min_ngram: int) -> list[int]:
+    for k in range(min(max_ngram, len(history) - 1), min_ngram - 1, -1):
+        for start in range(len(history) - k - 1, -1, -1):  # the latest match first
+            if history[start:start + k] == history[-k:]:
+                return history[start + k:start + k + n]
+    return []
+
+
+def test_prompt_lookup_agrees_with_a_plain_search():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        history = rng.integers(0, 4, size=int(rng.integers(0, 30))).tolist()
+        for max_ngram, min_ngram in ((3, 1), (4, 2), (1, 1)):
+            assert lookup(np.asarray(history, dtype=np.int64), 5, max_ngram, min_ngram) == naive_lookup(history, 5, max_ngram, min_ngram)
+
+
 def test_missing_capabilities_are_refused_when_built():
     class NoRollback(FakeModel):
         capabilities = Capability.LOGITS
@@ -289,6 +305,66 @@ def test_one_early_rejection_does_not_end_drafting_on_a_pair_that_pays():
         policy.observe(gamma, accepted, 1.0 + 0.45 * gamma)  # one rejection alone would say γ = 1 loses
         chosen.append(gamma)
     assert np.median(chosen[-50:]) >= 2
+
+
+class PlainOnly(DraftLength):
+    """`auto` that never drafts: what it learns can only come from shadow drafts."""
+
+    def next(self, catch_up: float = 0.0) -> int:
+        return 0
+
+
+def test_shadow_drafts_are_judged_against_the_tokens_plain_decoding_chose():
+    policy = DraftLength(None, maximum=8)
+    shadow = speculative.Shadow([5, 6, 7], start=2)
+    assert shadow.judge([0, 1, 5], policy) is shadow  # 5 matched; 6 not yet decided: nothing counted
+    assert policy.reached[1] == 0
+    assert shadow.judge([0, 1, 5, 6, 9], policy) is None  # 7 ≠ 9: two accepted, the third rejected
+    assert (policy.reached[1:4], policy.passed[1:4]) == ([1, 1, 1], [1, 1, 0])
+
+
+@pytest.mark.parametrize("kind", ["lookup", "model"])
+def test_free_drafters_keep_the_acceptance_rate_current_during_plain_decoding(kind):
+    # a greedy bigram model's output turns periodic: prompt lookup's shadow drafts match it
+    target = FakeModel(vocab_size=16, sharpness=1.0)
+    policy = PlainOnly(None, maximum=4)
+    tokens = list(speculative.generate(Session(target), drafters(target)[kind], [1, 2, 3], Sampler(SamplingParams()),
+                                       max_tokens=40, draft_length=policy))
+    forwards = len(target.calls)
+    assert tokens == plain(target, [1, 2, 3], 40)
+    if kind == "lookup":
+        assert policy.reached[1] > 3 and policy.alpha > 0.8
+    else:  # a draft model costs a forward to consult: never asked while decoding plainly
+        assert policy.reached[1] == 0 and forwards == 40  # the prefill and 39 steps
+
+
+def test_the_cost_line_runs_through_draft_lengths_only():
+    # ONNX on a tiny model: any draft costs a fixed extra (a multi-row verify pass), each more
+    # drafted token little; a line through the plain step and γ = 1 would price γ = 4 at 2.6
+    cost = {0: 1.0, 1: 1.4, 2: 1.5}
+    policy, chosen = DraftLength(None, maximum=8), []
+    for _ in range(2):  # the warm-up: γ = 1, then a plain step
+        chosen.append(policy.next())
+        policy.observe(chosen[-1], chosen[-1], cost[chosen[-1]])
+    assert chosen == [1, 0] and policy._costs()[4] == pytest.approx(2.6)  # the cautious guess, until ...
+    chosen.append(policy.next())
+    assert chosen[-1] == 2  # ... a second draft length is measured (all accepted so far: drafting wins)
+    policy.observe(2, 2, cost[2])
+    assert policy._costs()[4] == pytest.approx(1.7)
+
+
+def test_an_unlucky_start_does_not_leave_drafting_for_good():
+    # α 0.8, but the first three drafts are rejected at once: with few judgements behind it the
+    # acceptance estimate is uncertain, and plain decoding must beat its upper bound to take over
+    rng, policy, chosen = np.random.default_rng(0), DraftLength(None, maximum=8), []
+    for _ in range(60):
+        gamma = policy.next()
+        accepted = 0
+        while accepted < gamma and sum(g > 0 for g in chosen) >= 3 and rng.random() < 0.8:
+            accepted += 1
+        policy.observe(gamma, accepted, 1.0 + (0.3 + 0.25 * gamma if gamma else 0.0))
+        chosen.append(gamma)
+    assert np.mean(np.array(chosen) > 0) > 0.8  # 0.48 when plain decoding need only beat the estimate itself
 
 
 def test_draft_length_finds_a_middle_length():

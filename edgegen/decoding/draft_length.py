@@ -6,7 +6,9 @@ that draft j is accepted once drafts 1..j−1 were. Two rates are kept: h_1, and
 position (one α for all would give the familiar (1 − α^{γ+1}) / (1 − α)). Two, because acceptance
 comes in runs: a prompt-lookup match that is right for one token tends to be right for the next
 ones, so the later rate is far above the first, and long drafts pay where one α would call them
-hopeless.
+hopeless. Plain decoding is chosen only if it wins even against the rates' upper confidence bound
+(one standard error up): on few judgements a run of early rejections says little, and a
+pair that pays must not be left for long stretches of plain decoding on such luck.
 
 The cost is measured, not assumed: the wall time of whole iterations (drafting, the target's
 forward over γ + 1 tokens, the acceptance test and every overhead around them) for each γ used, and
@@ -23,7 +25,9 @@ catch up on every token decided since it last ran (on a backend whose forward co
 tokens fed, such as MLX on a CPU, that is as dear as having drafted all along). Probes therefore
 come ever rarer while they keep losing, and only while what they have cost beyond plain decoding,
 plus the next one's estimate (with the drafter's own estimate of its catch-up), stays within
-`BUDGET` of the time spent decoding.
+`BUDGET` of the time spent decoding. A drafter that costs nothing to consult (prompt lookup) is
+asked anyway during plain decoding, and its shadow draft judged against the tokens chosen, so the
+rates follow the text (a reply that starts quoting its prompt) with no probe at all.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ PLAIN_EVERY = 16  # while drafting wins, one plain step in this many keeps the b
 WARMUP = (1, 0)  # the first iterations: the two cheapest points of the cost line, and a first α
 MIN_DRAFTS = 4  # then drafts go on until this many were judged, unless even all-accepted drafts would lose
 CLEAR_WIN = 1.2  # ... (or win by less than this factor: measurement noise could fake a smaller win)
+OPTIMISM = 1.0  # plain decoding must beat drafting by the acceptance rates' upper bounds (one standard error)
 
 
 class DraftLength:
@@ -60,14 +65,19 @@ class DraftLength:
         """The first draft's acceptance rate."""
         return self._accept_rates()[1] if self.maximum else 0.5
 
-    def _accept_rates(self) -> list[float]:
+    def _accept_rates(self, optimism: float = 0.0) -> list[float]:
         """h_j for j = 1..max (index 0 unused): the first draft's rate, and one pooled rate for
         every later position (how often a draft goes on being accepted), from the decayed counts,
         each pulled by pseudo-counts towards a prior (0.5; the first draft's rate) so that a few
         judgements do not decide alone. Two numbers, not one per position: the later positions
-        are judged rarely, and one rate each would be noise."""
-        first = (self.passed[1] + 0.5) / (self.reached[1] + 1)
-        later = (sum(self.passed[2:]) + PRIOR * first) / (sum(self.reached[2:]) + PRIOR)
+        are judged rarely, and one rate each would be noise. `optimism`: standard errors added
+        to each (an upper confidence bound)."""
+        first_n = self.reached[1] + 1
+        first = (self.passed[1] + 0.5) / first_n
+        later_n = sum(self.reached[2:]) + PRIOR
+        later = (sum(self.passed[2:]) + PRIOR * first) / later_n
+        first += optimism * (first * (1 - first) / first_n) ** 0.5
+        later += optimism * (later * (1 - later) / later_n) ** 0.5
         return [1.0, min(first, 0.999)] + [min(later, 0.999)] * (self.maximum - 1)
 
     def next(self, catch_up: float = 0.0) -> int:
@@ -79,16 +89,19 @@ class DraftLength:
         if self._warmup:
             return self._warmup.pop(0)
         costs, rates = self._costs(), self._accept_rates()
-        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))
+        hopeful = self._accept_rates(OPTIMISM)
+        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g], hopeful))
+        if best:
+            best = max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))
         if best == 0 and self._drafts < MIN_DRAFTS and self._could_pay(costs):
-            return max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))  # learn α first
+            return self._second_point(max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates)))
         if best > 0:
             self._since_probe, self._probe_every = 0, PROBE_FIRST
             self._since_plain += 1
             if self._since_plain >= PLAIN_EVERY:
                 self._since_plain = 0
                 return 0
-            return best
+            return self._second_point(best)
         self._since_probe += 1
         if self._since_probe < self._probe_every:
             return 0
@@ -99,7 +112,15 @@ class DraftLength:
         if self._explored + estimate > BUDGET * (self._elapsed + estimate):
             return 0
         self._probing = True
-        return probe
+        return self._second_point(probe)
+
+    def _second_point(self, gamma: int) -> int:
+        """`gamma`, or another length while only one draft length was measured: the slope of the
+        cost line comes from two of them (the jump from a plain step to any draft is no slope)."""
+        measured = [g for g in self.samples if g > 0]
+        if measured == [gamma] and self.maximum > 1:
+            return min(2 * gamma, self.maximum) if gamma < self.maximum else gamma - 1
+        return gamma
 
     def observe(self, drafted: int, accepted: int, seconds: float | None, overhead: float = 0.0) -> None:
         """One iteration: tokens drafted (0: a plain step) and accepted, its steady-state wall time
@@ -109,11 +130,17 @@ class DraftLength:
             self._elapsed += seconds + overhead
             if self._probing:
                 self._explored += seconds + overhead - self._costs()[0] * (accepted + 1)
-        if drafted:
-            self._drafts += 1
-            for j in range(1, self.maximum + 1):
-                self.reached[j] *= DECAY
-                self.passed[j] *= DECAY
+        self.observe_acceptance(drafted, accepted)
+
+    def observe_acceptance(self, drafted: int, accepted: int) -> None:
+        """Acceptance alone: also a shadow draft's, judged against the tokens plain decoding chose
+        (for a one-hot draft, the chance that the target picks its token is the chance it is accepted)."""
+        if not drafted:
+            return
+        self._drafts += 1
+        for j in range(1, self.maximum + 1):
+            self.reached[j] *= DECAY
+            self.passed[j] *= DECAY
         for j in range(1, min(accepted + 1, drafted) + 1):  # judged: the accepted and the first rejected
             self.reached[j] += 1
             self.passed[j] += j <= accepted
@@ -133,19 +160,27 @@ class DraftLength:
         return expected / max(cost, 1e-9)
 
     def _costs(self) -> list[float]:
-        """Seconds per iteration for γ = 0..max: measured, or the least-squares line through what
-        was measured (slope ≥ 0)."""
+        """Seconds per iteration for γ = 0..max: measured, or else a least-squares line (slope ≥ 0)
+        through the measured draft lengths. A plain step is no point of that line: drafting and a
+        multi-token verification carry a fixed cost of their own. While one draft length alone
+        was measured, the line runs through it and the plain step (every extra second is taken
+        to grow with γ: the cautious guess)."""
         measured = {g: statistics.median(times) for g, times in self.samples.items()}
-        points = sorted(measured.items())
-        if not points:
-            line = (1.0, 0.5)  # nothing measured yet: drafting costs something
-        elif len(points) == 1:
-            line = (points[0][1] * (1 - 0.5 * points[0][0]), 0.5 * points[0][1])
-        else:
-            xs, ys = [p[0] for p in points], [p[1] for p in points]
+        drafts = sorted((g, c) for g, c in measured.items() if g > 0)
+        plain = measured.get(0)
+        if len(drafts) >= 2:
+            xs, ys = [p[0] for p in drafts], [p[1] for p in drafts]
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
             slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
             slope = max(slope, 0.0)
             line = (my - slope * mx, slope)
-        floor = min((p[1] for p in points), default=0.0)
+        elif drafts and plain is not None:
+            (g, c), = drafts
+            line = (plain, max(c - plain, 0.0) / g)
+        elif drafts or plain is not None:
+            g, c = drafts[0] if drafts else (0, plain)
+            line = (c * (1 - 0.5 * g), 0.5 * c)
+        else:
+            line = (1.0, 0.5)  # nothing measured yet: drafting costs something
+        floor = min(measured.values(), default=0.0)
         return [measured[g] if g in measured else max(line[0] + line[1] * g, floor) for g in range(self.maximum + 1)]

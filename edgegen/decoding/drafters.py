@@ -27,6 +27,7 @@ class Proposal:
 
 class Drafter(Protocol):
     name: str
+    free: bool  # costs (next to) nothing to consult: it is asked for shadow drafts during plain decoding
 
     def prepare(self, prompt: Sequence[int]) -> None:
         """Called once after the target's prefill (so its cost counts as time to first token)."""
@@ -43,6 +44,8 @@ class Drafter(Protocol):
 class ModelDrafter:
     """A draft model with its own KV cache, kept in step with the target's history by the
     session's prefix reuse (after a rejection it rewinds to the accepted prefix)."""
+
+    free = False
 
     def __init__(self, model: LanguageModel, name: str, kv: KVSpec | None = None):
         self.model, self.name = model, name
@@ -102,6 +105,7 @@ class PromptLookupDrafter:
     `min_ngram`) tokens in the prompt and conversation so far, and propose what followed it."""
 
     name = "prompt-lookup"
+    free = True
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
@@ -119,12 +123,13 @@ class PromptLookupDrafter:
 def lookup(history: np.ndarray, n: int, max_ngram: int, min_ngram: int) -> list[int]:
     """Tokens that followed the most recent earlier match of the longest suffix n-gram."""
     size = len(history)
+    last = history[-1] if size else -1
+    ends = np.flatnonzero(history[: size - 1] == last)  # earlier places of the last token
     for k in range(min(max_ngram, size - 1), min_ngram - 1, -1):
-        suffix = history[size - k:]
-        windows = np.lib.stride_tricks.sliding_window_view(history[: size - 1], k)  # starts 0 .. size-1-k
-        hits = np.flatnonzero((windows == suffix).all(axis=1))
-        hits = hits[hits + k < size]  # something must follow the match
+        hits = ends[ends >= k - 1]
+        for back in range(1, k):  # ... whose k − 1 tokens before agree too
+            hits = hits[history[hits - back] == history[size - 1 - back]]
         if hits.size:
-            start = int(hits[-1]) + k
+            start = int(hits[-1]) + 1
             return history[start:start + n].tolist()
     return []

@@ -47,6 +47,7 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
         drafter.prepare(prompt)  # the draft's prefill belongs to the time to first token
     pending = [sampler(logits, out.history)]  # tokens decided but not yet yielded
     verifications, skipped = 0, 0  # skipped: tokens decided since the drafter last ran
+    shadow: Shadow | None = None
     while True:
         for token in pending:
             if not out.accept(token):
@@ -56,7 +57,12 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
                 return
         # The cache holds history[:-1]; drafts may not run past the context or max_tokens.
         room = min(out.room, context - len(out.history)) - 1
+        shadow = shadow.judge(out.history, draft_length) if shadow else None
         gamma = min(draft_length.next(drafter.catch_up_seconds(skipped)), max(room, 0))
+        if gamma:
+            shadow = shadow.close(out.history, draft_length) if shadow else None
+        elif drafter.free and shadow is None and draft_length.fixed is None:
+            shadow = Shadow.of(drafter.propose(out.history, draft_length.maximum, sampler), len(out.history))
         t0 = time.perf_counter()
         proposal = drafter.propose(out.history, gamma, sampler) if gamma else Proposal([], None)
         pending, accepted = _verify(session, out.history, proposal, sampler, stats)
@@ -65,6 +71,33 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
         skipped = 0 if proposal.tokens else skipped + len(pending)
         verifications += 1 if proposal.tokens else 0
         stats.draft_length = stats.drafted / verifications if verifications else 0.0
+
+
+class Shadow:
+    """A free drafter's draft during plain decoding, judged against the tokens plain decoding picks:
+    with one-hot drafts, the target picking a drafted token is exactly as likely as its acceptance."""
+
+    def __init__(self, tokens: list[int], start: int):
+        self.tokens, self.start = tokens, start
+
+    @classmethod
+    def of(cls, proposal: Proposal, start: int) -> Shadow | None:
+        return cls(proposal.tokens, start) if proposal.tokens else None
+
+    def judge(self, history: list[int], draft_length: DraftLength) -> Shadow | None:
+        """Report it once its first mismatch or its last token was decided; until then keep it."""
+        decided = history[self.start:self.start + len(self.tokens)]
+        same = next((i for i, (a, b) in enumerate(zip(decided, self.tokens)) if a != b), len(decided))
+        if same < len(decided) or len(decided) == len(self.tokens):
+            draft_length.observe_acceptance(len(self.tokens), same)
+            return None
+        return self
+
+    def close(self, history: list[int], draft_length: DraftLength) -> None:
+        """Drafting resumes: what was decided so far all matched; count those positions as passed."""
+        same = len(history) - self.start
+        draft_length.observe_acceptance(same, same)
+        return None
 
 
 def _verify(session: Session, history: list[int], proposal: Proposal, sampler: Sampler,
