@@ -88,14 +88,13 @@ class DraftLength:
             return self.fixed or 0
         if self._warmup:
             return self._warmup.pop(0)
-        costs, rates = self._costs(), self._accept_rates()
-        hopeful = self._accept_rates(OPTIMISM)
-        best = max(range(self.maximum + 1), key=lambda g: self._rate(g, costs[g], hopeful))
-        if best:
-            best = max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))
-        if best == 0 and self._drafts < MIN_DRAFTS and self._could_pay(costs):
-            return self._second_point(max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates)))
-        if best > 0:
+        costs, rates, hopeful = self._costs(), self._accept_rates(), self._accept_rates(OPTIMISM)
+        drafting = range(1, self.maximum + 1)
+        best = max(drafting, key=lambda g: self._rate(g, costs[g], rates))  # the best draft length (or loser)
+        plain_wins = self._rate(0, costs[0], hopeful) >= max(self._rate(g, costs[g], hopeful) for g in drafting)
+        if plain_wins and self._drafts < MIN_DRAFTS and self._could_pay(costs):
+            return self._second_point(best)  # learn α first
+        if not plain_wins:
             self._since_probe, self._probe_every = 0, PROBE_FIRST
             self._since_plain += 1
             if self._since_plain >= PLAIN_EVERY:
@@ -106,13 +105,12 @@ class DraftLength:
         if self._since_probe < self._probe_every:
             return 0
         self._since_probe, self._probe_every = 0, min(2 * self._probe_every, PROBE_MAX)
-        probe = max(range(1, self.maximum + 1), key=lambda g: self._rate(g, costs[g], rates))  # the best loser
-        expected = self._rate(probe, 1.0, rates)  # tokens per verification
-        estimate = catch_up + max(costs[probe] - costs[0] * expected, 0.0)
+        expected = self._rate(best, 1.0, rates)  # tokens per verification
+        estimate = catch_up + max(costs[best] - costs[0] * expected, 0.0)
         if self._explored + estimate > BUDGET * (self._elapsed + estimate):
             return 0
         self._probing = True
-        return self._second_point(probe)
+        return self._second_point(best)
 
     def _second_point(self, gamma: int) -> int:
         """`gamma`, or another length while only one draft length was measured: the slope of the
@@ -150,9 +148,8 @@ class DraftLength:
         plain = 1 / max(costs[0], 1e-9)
         return any((g + 1) / max(costs[g], 1e-9) > CLEAR_WIN * plain for g in range(1, self.maximum + 1))
 
-    def _rate(self, gamma: int, cost: float, rates: list[float] | None = None) -> float:
-        """Expected tokens per second with drafts of `gamma`."""
-        rates = rates or self._accept_rates()
+    def _rate(self, gamma: int, cost: float, rates: list[float]) -> float:
+        """Expected tokens per second with drafts of `gamma`, at acceptance `rates` (h_j)."""
         expected, survive = 1.0, 1.0
         for j in range(1, gamma + 1):
             survive *= rates[j]

@@ -59,9 +59,9 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
         room = min(out.room, context - len(out.history)) - 1
         shadow = shadow.judge(out.history, draft_length) if shadow else None
         gamma = min(draft_length.next(drafter.catch_up_seconds(skipped)), max(room, 0))
-        if gamma:
-            shadow = shadow.close(out.history, draft_length) if shadow else None
-        elif drafter.free and shadow is None and draft_length.fixed is None:
+        if gamma and shadow:
+            shadow = shadow.close(out.history, draft_length)
+        elif not gamma and drafter.free and shadow is None and draft_length.fixed is None:
             shadow = Shadow.of(drafter.propose(out.history, draft_length.maximum, sampler), len(out.history))
         t0 = time.perf_counter()
         proposal = drafter.propose(out.history, gamma, sampler) if gamma else Proposal([], None)
