@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgegen.archs._decoder import DecoderConfig
+from edgegen.converters.onnx import grouped_decode
 from edgegen.converters.onnx._builder import MS, GraphBuilder
 
 F32, I64, I32 = ir.DataType.FLOAT, ir.DataType.INT64, ir.DataType.INT32
@@ -45,6 +46,8 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
     table = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])  # (vocab, hidden)
     x = g.op("Gather", "/model/embed_tokens", [table, ids])  # (B, S_ids, hidden)
     x = g.op("Concat", "/model/inputs", [x, embeds], axis=1)  # token ids first, then given embeddings
+    if _grouped(c):
+        grouped_decode.step_inputs(g, c, x, step)
     residual, delta = x, None
     for i in range(c.num_hidden_layers):
         h, residual = _norm(g, c, w, f"model.layers.{i}.input_layernorm", delta, residual)
@@ -67,8 +70,16 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
     return g.model(f"edgegen {c.model_type} decoder")
 
 
+def _grouped(c: DecoderConfig) -> bool:
+    """Causal models whose KV heads serve several query heads run decode steps grouped."""
+    return c.diffusion is None and grouped_decode.group_size(c) > 1
+
+
 def _rotary_caches(g: GraphBuilder, c: DecoderConfig) -> tuple[ir.Value, ir.Value]:
-    angles = np.outer(np.arange(c.context_length, dtype=np.float64), c.inv_freq())  # (positions, Dh/2)
+    """cos / sin per position; GQA wants rows up to its total length, which a grouped decode step
+    stretches by the G − 1 key copies it writes after the new token."""
+    rows = c.context_length + (grouped_decode.group_size(c) - 1 if _grouped(c) else 0)
+    angles = np.outer(np.arange(rows, dtype=np.float64), c.inv_freq())  # (positions, Dh/2)
     return (g.weight("cos_cache", np.cos(angles).astype(np.float32)),
             g.weight("sin_cache", np.sin(angles).astype(np.float32)))
 
@@ -125,13 +136,15 @@ def _attention(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Valu
         qkv_inputs = [q, k, v]
     else:  # GroupQueryAttention takes the packed projection as its query input
         qkv_inputs = [qkv, None, None]
+    attributes = dict(num_heads=c.num_attention_heads, kv_num_heads=c.num_key_value_heads, do_rotary=1,
+                      rotary_interleaved=0, scale=float(c.head_dim ** -0.5), causal=0 if "bias" in step else 1)
+    if "grouped" in step:  # decode steps take the grouped call (grouped_decode.py)
+        out, present_k, present_v = grouped_decode.branches(g, c, name, qkv_inputs, past, step, attributes)
+        return _linear(g, w, f"{name}/o_proj", out, hf + "o_proj"), present_k, present_v
     inputs = [*qkv_inputs, past[0], past[1], step["seqlens_k"], step["total_len"], step["cos"], step["sin"]]
     if "bias" in step:  # diffusion LLMs: the mask is data (attention_bias), positions are explicit
         inputs += [step["positions"], step["bias"]]
-    out, present_k, present_v = g.ops(
-        "GroupQueryAttention", name, inputs, 3, domain=MS, num_heads=c.num_attention_heads,
-        kv_num_heads=c.num_key_value_heads, do_rotary=1, rotary_interleaved=0, scale=float(c.head_dim ** -0.5),
-        causal=0 if "bias" in step else 1)
+    out, present_k, present_v = g.ops("GroupQueryAttention", name, inputs, 3, domain=MS, **attributes)
     return _linear(g, w, f"{name}/o_proj", out, hf + "o_proj"), present_k, present_v
 
 

@@ -48,22 +48,33 @@ def _retype_cache(graph: onnx.GraphProto, dtype: int, last_dim: int) -> None:
 
 def _quantize_attention(graph: onnx.GraphProto, bits: int, num_layers: int, kv_heads: int, head_dim: int) -> None:
     """GQA attributes for a quantized cache, plus per-layer scale inputs (1, Hkv, 1, Dh)."""
-    layer = 0
-    for node in graph.node:
-        if node.op_type != "GroupQueryAttention":
-            continue
+    layers = _attention_layers(graph)
+    if len(layers) != num_layers:
+        raise RuntimeError(f"found {len(layers)} attention layers for {num_layers} layers")
+    for layer, nodes in enumerate(layers):
         names = [f"kv_scale.{layer}.key", f"kv_scale.{layer}.value"]
-        inputs = list(node.input) + [""] * (12 - len(node.input))  # k_scale, v_scale are inputs 12, 13
-        del node.input[:]
-        node.input.extend(inputs[:12] + names)
-        node.attribute.extend([helper.make_attribute("kv_cache_bit_width", bits),
-                               helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-                               helper.make_attribute("v_quant_type", "PER_CHANNEL")])
+        for node in nodes:
+            inputs = list(node.input) + [""] * (12 - len(node.input))  # k_scale, v_scale are inputs 12, 13
+            del node.input[:]
+            node.input.extend(inputs[:12] + names)
+            node.attribute.extend([helper.make_attribute("kv_cache_bit_width", bits),
+                                   helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                                   helper.make_attribute("v_quant_type", "PER_CHANNEL")])
         for name in names:
             graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, kv_heads, 1, head_dim]))
-        layer += 1
-    if layer != num_layers:
-        raise RuntimeError(f"found {layer} attention nodes for {num_layers} layers")
+
+
+def _attention_layers(graph: onnx.GraphProto) -> list[list[onnx.NodeProto]]:
+    """Each layer's GroupQueryAttention nodes, in order: one, or the two branches of the `If` that
+    picks the grouped decode step (grouped_decode.py)."""
+    layers = []
+    for node in graph.node:
+        if node.op_type == "GroupQueryAttention":
+            layers.append([node])
+        elif node.op_type == "If":
+            branches = [a.g for a in node.attribute if a.name in ("then_branch", "else_branch")]
+            layers.append([n for b in branches for n in b.node if n.op_type == "GroupQueryAttention"])
+    return layers
 
 
 def calibrate(folder: Path, model_file: str, ids: list[int], num_layers: int, kv_heads: int,

@@ -38,6 +38,10 @@ class OnnxLanguageModel:
         self.context_length = manifest.context_length
         self.description = f"ONNX Runtime ({self.provider})"
         self.block_graph = manifest.family == "dllm"  # causal=0 GQA with attention_bias and position_ids
+        # a causal graph runs one-token steps with each KV head's query heads as rows, and writes
+        # the new key and value once per row (converters/onnx/grouped_decode.py)
+        group = self.config.num_attention_heads // self.config.num_key_value_heads
+        self._spare_rows = 0 if self.block_graph else group - 1
         if self.block_graph:
             self.capabilities = type(self).capabilities | Capability.POSITIONS | Capability.BLOCK_ATTENTION
         self._loaded: tuple[str, object] | None = None
@@ -82,7 +86,7 @@ class OnnxLanguageModel:
     # ------------------------------------------------------------------ forward
     def forward(self, feed: Feed, cache: OnnxKVCache) -> np.ndarray:
         n = feed.length
-        cache.reserve(n)
+        cache.reserve(n, spare=self._spare_rows if n == 1 else 0)
         total = cache.length + n
         binding = self._binding(cache)
         binding.bind_cpu_input("input_ids", np.asarray([feed.tokens], dtype=np.int64).reshape(1, -1))

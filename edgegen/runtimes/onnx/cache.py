@@ -59,11 +59,12 @@ class OnnxKVCache:
             raise ValueError(f"cannot truncate a cache of {self._length} tokens to {length}")
         self._length = length  # the attention reads only `length` entries; later writes overwrite
 
-    def reserve(self, extra: int) -> None:
-        """Make room for `extra` more tokens before a forward pass writes them."""
-        needed = self._length + extra
+    def reserve(self, extra: int, spare: int = 0) -> None:
+        """Make room for `extra` more tokens before a forward pass writes them, and for `spare`
+        rows after them that the pass may scribble on (a grouped decode step's key copies)."""
+        needed = self._length + extra + spare
         if needed > self.allocated:
-            self._allocate(min(self._max, -(-needed // CHUNK) * CHUNK))
+            self._allocate(min(self._max + spare, -(-needed // CHUNK) * CHUNK))
 
     def advance(self, n: int) -> None:
         self._length += n
