@@ -40,6 +40,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="onnx,mlx,llamacpp")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--child-timeout", type=float, default=0,
+                   help="stop a configuration after this many seconds (listed as stopped); 0: no limit")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the engines not run from the existing --out file")
     p.add_argument("--child", nargs=4, metavar=("ENGINE", "KV", "CONTEXT", "ARTEFACT"), help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -114,7 +118,10 @@ def run_child(engine: str, kv: str, context: int, artefact: Path, args: argparse
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, kv, str(context), str(artefact),
            "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=args.child_timeout or None)
+    except subprocess.TimeoutExpired:
+        return {"status": "stopped", "reason": f"stopped after {args.child_timeout:.0f} s (too slow here)"}
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
@@ -152,6 +159,10 @@ def main() -> int:
                 results.append(r)
                 log(f"   {r.get('decode_tok_s', 0):.1f} tok/s decode, {r.get('peak_rss_mb', 0):.0f} MB peak, "
                     f"{r.get('kv_bytes', 0) / 2**20:.1f} MB KV ({r['status']})")
+    if args.merge and args.out.exists():  # rows of the engines this run left out, from the earlier run
+        ran = set(args.engines.split(","))
+        kept = [r for r in json.loads(args.out.read_text())["results"] if r.get("engine") not in ran]
+        results = sorted(kept + results, key=lambda r: ["onnx", "mlx", "llamacpp"].index(r["engine"]))
     print_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "versions": versions(),
@@ -167,7 +178,7 @@ def print_report(results: list[dict]) -> None:
     table = [header]
     for r in results:
         if r.get("status") != "ok":
-            table.append((r["engine"], str(r.get("context", "")), r.get("kv", ""), "failed: " + r.get("reason", "")[:60],
+            table.append((r["engine"], str(r.get("context", "")), r.get("kv", ""), r.get("reason", r["status"])[:60],
                           "", "", "", "", ""))
             continue
         key = (r["engine"], r["context"])
