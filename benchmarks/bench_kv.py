@@ -36,6 +36,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contexts", default="1024,4096,16384")
     p.add_argument("--mlx-contexts", default="1024", help="MLX runs on the CPU here: keep these short")
+    p.add_argument("--mlx-fill-contexts", default="",
+                   help="MLX contexts whose cache is filled with random keys and values instead of a prefill "
+                        "(decode speed and memory only: MLX's CPU backend prefills at a few tokens per second)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="onnx,mlx,llamacpp")
@@ -43,8 +46,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--child-timeout", type=float, default=0,
                    help="stop a configuration after this many seconds (listed as stopped); 0: no limit")
     p.add_argument("--merge", action="store_true",
-                   help="keep the rows of the engines not run from the existing --out file")
+                   help="keep the rows of (engine, context) pairs not run from the existing --out file")
     p.add_argument("--child", nargs=4, metavar=("ENGINE", "KV", "CONTEXT", "ARTEFACT"), help=argparse.SUPPRESS)
+    p.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -67,14 +71,38 @@ def edgegen_child(folder: Path, kv: str, ids: list[int], args: argparse.Namespac
     bits = EDGEGEN_KV[kv]
     model.generate(ids[:64], max_tokens=2, kv_bits=bits, ignore_eos=True)  # warm-up
     model.reset()
+    if args.fill:
+        fill_with_random_kv(model.session, len(ids) - 1)
+        model.session.tokens = list(ids[:-1])  # so that only the last prompt token is run
     t0 = time.perf_counter()
     g = model.generate(ids, max_tokens=args.new_tokens, kv_bits=bits, ignore_eos=True)
     wall = time.perf_counter() - t0
     spec = model.session.kv
-    return {"prefill_tok_s": g.stats.prefill_tokens_per_s, "decode_tok_s": g.stats.decode_tokens_per_s,
+    prefill = None if args.fill else g.stats.prefill_tokens_per_s
+    return {"prefill_tok_s": prefill, "decode_tok_s": g.stats.decode_tokens_per_s, "filled": args.fill,
             "kv_bytes": model.kv_bytes_per_token(spec) * (len(ids) + args.new_tokens),
             "kv_allocated_bytes": getattr(model.session.cache, "nbytes", None), "wall_s": wall,
             "tokens": g.token_ids}
+
+
+def fill_with_random_kv(session, n: int, chunk: int = 512) -> None:
+    """Write `n` random (keys, values) into an MLX cache through its own write path (quantized
+    caches quantize them as they would a prefill's): the cost of a decode step over a cache does
+    not depend on what it holds. The cache's private `_write` is used: no public API writes raw
+    keys and values, and none should."""
+    import mlx.core as mx
+
+    cache, model = session.cache, session.model
+    c = model.config
+    for start in range(0, n, chunk):
+        length = min(chunk, n - start)
+        for layer in range(c.num_hidden_layers):
+            keys = getattr(cache, "_keys", [None] * (layer + 1))[layer]  # a float cache: keep its dtype
+            dtype = keys.dtype if keys is not None else mx.float16
+            k, v = (mx.random.normal((1, c.num_key_value_heads, length, c.head_dim)).astype(dtype) for _ in range(2))
+            cache._write(layer, k, v)  # noqa: SLF001
+        mx.eval([a for a in getattr(cache, "_keys", []) + getattr(cache, "_values", []) if a is not None])
+        cache.advance(length)
 
 
 def llamacpp_child(folder: Path, kv: str, ids: list[int], args: argparse.Namespace) -> dict:
@@ -114,9 +142,10 @@ def prepare(engine: str, ckpt: Path) -> Path:
     return _edgegen.prepare(ckpt, f"edgegen-{engine}-q4", engine, "q4")
 
 
-def run_child(engine: str, kv: str, context: int, artefact: Path, args: argparse.Namespace) -> dict:
+def run_child(engine: str, kv: str, context: int, artefact: Path, args: argparse.Namespace,
+              fill: bool = False) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, kv, str(context), str(artefact),
-           "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+           "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)] + (["--fill"] if fill else [])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=args.child_timeout or None)
@@ -139,8 +168,10 @@ def main() -> int:
         print(MARK + json.dumps(result), flush=True)
         return 0
     ckpt = ensure_checkpoint_in_child()
-    plan = {"onnx": (EDGEGEN_KV, args.contexts), "mlx": (EDGEGEN_KV, args.mlx_contexts),
+    mlx_contexts = ",".join(c for c in (args.mlx_contexts, args.mlx_fill_contexts) if c)
+    plan = {"onnx": (EDGEGEN_KV, args.contexts), "mlx": (EDGEGEN_KV, mlx_contexts),
             "llamacpp": (LLAMA_KV, args.contexts)}
+    filled = {("mlx", int(c)) for c in args.mlx_fill_contexts.split(",") if c}
     results = []
     for engine in args.engines.split(","):
         kvs, contexts = plan[engine]
@@ -153,16 +184,17 @@ def main() -> int:
         for context in (int(c) for c in contexts.split(",") if c):
             for kv in kvs:
                 log(f"== {engine} kv={kv} context={context} ...")
-                r = run_child(engine, kv, context, artefact, args)
+                r = run_child(engine, kv, context, artefact, args, fill=(engine, context) in filled)
                 r.update(engine=engine, kv=kv, context=context)
                 r.pop("tokens", None)
                 results.append(r)
                 log(f"   {r.get('decode_tok_s', 0):.1f} tok/s decode, {r.get('peak_rss_mb', 0):.0f} MB peak, "
                     f"{r.get('kv_bytes', 0) / 2**20:.1f} MB KV ({r['status']})")
-    if args.merge and args.out.exists():  # rows of the engines this run left out, from the earlier run
-        ran = set(args.engines.split(","))
-        kept = [r for r in json.loads(args.out.read_text())["results"] if r.get("engine") not in ran]
-        results = sorted(kept + results, key=lambda r: ["onnx", "mlx", "llamacpp"].index(r["engine"]))
+    if args.merge and args.out.exists():  # the earlier run's rows for what this run left out
+        ran = {(r.get("engine"), r.get("context")) for r in results}
+        kept = [r for r in json.loads(args.out.read_text())["results"] if (r.get("engine"), r.get("context")) not in ran]
+        results = sorted(kept + results, key=lambda r: (["onnx", "mlx", "llamacpp"].index(r["engine"]),
+                                                         r.get("context", 0)))
     print_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "versions": versions(),
@@ -184,7 +216,8 @@ def print_report(results: list[dict]) -> None:
         key = (r["engine"], r["context"])
         table.append((r["engine"], str(r["context"]), r["kv"], f"{r['kv_bytes'] / 2**20:.1f}",
                       f"{r['kv_bytes'] / float16[key]:.0%}" if float16.get(key) else "",
-                      f"{r['peak_rss_mb']:.0f}", f"{r['prefill_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}",
+                      f"{r['peak_rss_mb']:.0f}", "filled" if r.get("filled") else f"{r['prefill_tok_s']:.0f}",
+                      f"{r['decode_tok_s']:.1f}",
                       f"{r['decode_tok_s'] / base[key]:.2f}" if base.get(key) else ""))
     print("\n" + plain_table(table) + "\n\n" + plain_markdown(table))
 
