@@ -83,3 +83,22 @@ def test_stats_count_prefill_and_decode():
     list(generate(Session(FakeModel()), [1, 2, 3], Sampler(), max_tokens=5, stats=stats))
     assert (stats.prompt_tokens, stats.generated_tokens) == (3, 5)
     assert stats.prefill_seconds > 0 and stats.decode_tokens_per_s > 0
+
+
+def test_long_prompts_are_prefilled_in_chunks_that_shrink_as_the_cache_grows():
+    """Attention scores per chunk grow with chunk x (cached + chunk): the chunks shrink so that
+    this stays within the budget (down to a floor), and every prompt token is fed once, in order."""
+    from edgegen.decoding.autoregressive import PREFILL_BUDGET, PREFILL_CHUNK, PREFILL_MIN_CHUNK
+
+    model = FakeModel(context_length=20000)
+    prompt = [int(t) for t in np.random.default_rng(0).integers(0, 32, size=10000)]
+    logits, ran = Session(model).prefill(prompt)
+    assert ran == len(prompt) and sum(model.calls, []) == prompt
+    np.testing.assert_array_equal(logits, model.table[prompt[-1]])
+    cached = 0
+    for call in model.calls:
+        assert len(call) == PREFILL_MIN_CHUNK or len(call) * (cached + len(call)) <= PREFILL_BUDGET
+        cached += len(call)
+    lengths = [len(c) for c in model.calls]
+    assert lengths[0] == PREFILL_CHUNK and min(lengths[:-1]) == PREFILL_MIN_CHUNK
+    assert lengths[:-1] == sorted(lengths[:-1], reverse=True)

