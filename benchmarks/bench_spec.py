@@ -1,6 +1,6 @@
 """Speculative decoding: plain decoding against each draft kind, both runtimes, one run.
 
-    python benchmarks/bench_spec.py [--runtimes onnx,mlx] [--tokens 128] [--repeats 3] [--large]
+    python benchmarks/bench_spec.py [--runtimes onnx,mlx] [--tokens 128] [--repeats 3] [--large [--checkpoint DIR]]
 
 1. tiny-chat with tiny-draft, with its own q4 copy and with prompt lookup, on chat, rewrite and
    code prompts (greedy, EOS ignored): acceptance, tokens per target forward, decode tok/s and the
@@ -8,7 +8,8 @@
 2. Sampling at T=1 on the same pair: the acceptance our rule gets (Σ min(p, q) per drafted token)
    against the exact-match rule of mlx-lm (Σ p·q), measured on the same positions; and mlx-lm's own
    `draft_model` speculation on the same pair, when mlx-lm is installed.
-3. With --large: the Qwen2.5-0.5B-shaped checkpoint (random weights) as an fp32 and a q8 ONNX
+3. With --large: the Qwen2.5-0.5B-shaped checkpoint (random weights; `--checkpoint DIR` for a trained
+   one, e.g. Qwen2.5-0.5B-Instruct, which no test or benchmark here can download) as an fp32 and a q8 ONNX
    target, drafted by its own q4 copy; greedy output must equal the plain fp32 output. Random
    weights have flat logits, so the q4 copy's proposals are rarely the target's argmax; the same
    part therefore also measures the costs (a q4 draft step, verification of γ + 1 tokens) and
@@ -44,6 +45,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--mlx-prompts", type=int, default=1, help="prompts per kind on MLX (its Linux CPU backend is slow)")
     p.add_argument("--large", action="store_true", help="also the 0.5B-shaped checkpoint (ONNX)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="with --large: a trained Hugging Face checkpoint folder (e.g. Qwen2.5-0.5B-Instruct) instead "
+                        "of the random-weight one; prompted with the rewrite prompt through its chat template, "
+                        "prompt lookup drafted too")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args()
 
@@ -148,12 +153,15 @@ def large(args: argparse.Namespace) -> list[dict]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _checkpoint import prompt_ids
 
-    ckpt = ensure_checkpoint_in_child()
-    ids = prompt_ids(ckpt, 128, 0)
+    ckpt = args.checkpoint or ensure_checkpoint_in_child()
+    ids = None if args.checkpoint else prompt_ids(ckpt, 128, 0)
     rows, reference = [], None
     configs = {"none": {}} | {f"q4 γ={n}": {"draft": "q4", "num_draft": n} for n in ("auto", 2, 4)}
+    if args.checkpoint:  # a trained model: prompt lookup has a passage to copy from
+        configs |= {"prompt-lookup γ=auto": {"draft": "prompt-lookup", "num_draft": "auto"}}
     for quant in ("none", "q8"):
         model = edgegen.load(str(ckpt), runtime="onnx", quant=quant)
+        ids = ids or model.tokenizer.encode_chat([{"role": "user", "content": PROMPTS["rewrite"][0]}])
         results = interleaved(model, ids, configs, args.tokens, args.repeats)
         plain = results["none"]
         reference = reference or plain["tokens"]
@@ -225,7 +233,8 @@ def summary_table(rows: list[dict]) -> list[tuple[str, ...]]:
 
 def main() -> int:
     args = parse_args()
-    report: dict = {"settings": vars(args) | {"out": str(args.out)}, "versions": versions(), "tiny": [],
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report: dict = {"settings": settings, "versions": versions(), "tiny": [],
                     "t1": [], "mlx_lm": None, "large": [], "large_cost_model": None}
     for runtime in [r for r in args.runtimes.split(",") if r]:  # --runtimes "" with --large: the 0.5B part alone
         log(f"== tiny-chat on {runtime}")
