@@ -189,3 +189,33 @@ def test_perplexity_command_json(converted):
     report = json.loads(result.stdout)
     assert set(report) == {"perplexity", "stderr", "tokens", "kv_bits", "kv_bytes_per_token", "peak_memory_mb"}
     assert report["tokens"] == 63 and report["kv_bits"] == 8 and report["perplexity"] > 1
+
+
+def test_onnx_cache_grows_one_layer_at_a_time_and_keeps_its_contents():
+    """Growing holds the old cache plus one layer's new buffers, never two whole caches (at 16k
+    tokens of an fp32 cache that was 400 MB of peak memory), and keeps every stored value."""
+    import tracemalloc
+
+    from edgegen.runtimes.onnx.cache import CHUNK, OnnxKVCache
+
+    layers = 8
+    tracemalloc.start()  # before the old buffers exist, so that their release is counted
+    cache = OnnxKVCache(layers, kv_heads=2, head_dim=64, max_length=4 * CHUNK)
+    cache.reserve(CHUNK)
+    for k, v in cache.buffers:
+        k[:] = np.random.default_rng(0).normal(size=k.shape)
+        v[:] = -k
+    cache.advance(CHUNK)
+    before = [(k.copy(), v.copy()) for k, v in cache.buffers]
+    old_bytes = cache.nbytes
+    tracemalloc.reset_peak()
+    start = tracemalloc.get_traced_memory()[0]
+    cache.reserve(CHUNK)  # to 2 * CHUNK: the new cache is twice the old
+    peak = tracemalloc.get_traced_memory()[1] - start
+    tracemalloc.stop()
+    new_bytes = cache.nbytes
+    assert new_bytes == 2 * old_bytes
+    assert peak <= new_bytes - old_bytes + new_bytes / layers + 4096, (peak, old_bytes, new_bytes)
+    for (k, v), (k0, v0) in zip(cache.buffers, before):
+        np.testing.assert_array_equal(k[:, :, :CHUNK], k0[:, :, :CHUNK])
+        np.testing.assert_array_equal(v[:, :, :CHUNK], v0[:, :, :CHUNK])

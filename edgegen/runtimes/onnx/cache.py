@@ -70,11 +70,19 @@ class OnnxKVCache:
         self._length += n
 
     def _allocate(self, size: int) -> None:
+        """Every layer's buffers at `size` tokens, the first `length` kept. One layer at a time, with
+        the old binding (which holds the old buffers) dropped first: growing then holds the old
+        cache plus one layer's new buffers, not two whole caches (at 16k tokens of an fp32 cache
+        that was 400 MB more peak memory)."""
         size = max(size, 1)  # a zero-length buffer has no address to share
         shape = (1, self.kv_heads, size, self.last_dim)  # (B, Hkv, capacity, Dh or Dh/2)
-        new = [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(self.num_layers)]
-        for (old_k, old_v), (k, v) in zip(self.buffers, new):
-            k[:, :, : self._length] = old_k[:, :, : self._length]
-            v[:, :, : self._length] = old_v[:, :, : self._length]
-        self.buffers = new
+        self.binding = None
+        old, self.buffers = self.buffers or [None] * self.num_layers, []
+        for layer in range(self.num_layers):
+            k, v = np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+            if old[layer] is not None:
+                k[:, :, : self._length] = old[layer][0][:, :, : self._length]
+                v[:, :, : self._length] = old[layer][1][:, :, : self._length]
+            old[layer] = None  # freed now
+            self.buffers.append((k, v))
         self.generation += 1
