@@ -200,19 +200,21 @@ def test_onnx_cache_grows_one_layer_at_a_time_and_keeps_its_contents():
 
     layers = 8
     tracemalloc.start()  # before the old buffers exist, so that their release is counted
-    cache = OnnxKVCache(layers, kv_heads=2, head_dim=64, max_length=4 * CHUNK)
-    cache.reserve(CHUNK)
-    for k, v in cache.buffers:
-        k[:] = np.random.default_rng(0).normal(size=k.shape)
-        v[:] = -k
-    cache.advance(CHUNK)
-    before = [(k.copy(), v.copy()) for k, v in cache.buffers]
-    old_bytes = cache.nbytes
-    tracemalloc.reset_peak()
-    start = tracemalloc.get_traced_memory()[0]
-    cache.reserve(CHUNK)  # to 2 * CHUNK: the new cache is twice the old
-    peak = tracemalloc.get_traced_memory()[1] - start
-    tracemalloc.stop()
+    try:
+        cache = OnnxKVCache(layers, kv_heads=2, head_dim=64, max_length=4 * CHUNK)
+        cache.reserve(CHUNK)
+        for k, v in cache.buffers:
+            k[:] = np.random.default_rng(0).normal(size=k.shape)
+            v[:] = -k
+        cache.advance(CHUNK)
+        before = [(k.copy(), v.copy()) for k, v in cache.buffers]
+        old_bytes = cache.nbytes
+        tracemalloc.reset_peak()
+        start = tracemalloc.get_traced_memory()[0]
+        cache.reserve(CHUNK)  # to 2 * CHUNK: the new cache is twice the old
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
     new_bytes = cache.nbytes
     assert new_bytes == 2 * old_bytes
     assert peak <= new_bytes - old_bytes + new_bytes / layers + 4096, (peak, old_bytes, new_bytes)

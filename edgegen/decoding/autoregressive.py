@@ -13,7 +13,7 @@ from edgegen.decoding.sampling import Sampler
 PREFILL_CHUNK = 512  # most tokens per prefill forward: bounds the activation memory of long prompts
 PREFILL_MIN_CHUNK = 64
 # Attention materialises (heads, chunk, cached + chunk) scores per layer: chunks shrink as the cache
-# grows so that chunk x total stays within this (512 tokens up to 2k, 64 at 16k). Measured on the
+# grows so that chunk x total stays within this (512 tokens up to 1.5k cached, 64 from 8k). On the
 # 0.5B-shaped q4 model, ONNX CPU, 8k prompt: 128-token chunks cut peak RSS by 92 MB (fp32 cache)
 # and 115 MB (int8) against 512, and prefill was 11% / 4% faster.
 PREFILL_BUDGET = 512 * 2048
