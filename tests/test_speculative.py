@@ -423,3 +423,25 @@ def test_generate_prints_the_speculation_figures(converted):
     assert result.exit_code == 0, result.output
     line = next(line for line in result.stderr.splitlines() if line.startswith("speculative:"))
     assert "tokens per forward" in line and "acceptance" in line and "mean draft length" in line
+
+
+def test_while_plain_decoding_wins_the_choice_is_remade_only_every_few_steps(monkeypatch):
+    """The full choice (costs, rates for every length) is ~50 µs of Python, a few percent of a
+    tiny model's step: while plain decoding wins it is re-made every RECHECK steps, and at once
+    after an acceptance was observed (a probe's or a shadow draft's)."""
+    from edgegen.decoding import draft_length as dl
+
+    policy = DraftLength(None, maximum=8)
+    simulate(policy, 0.6, lambda g: 1.0 + 1.0 * g, 300)  # plain decoding wins (the test above)
+    calls = []
+    real = dl.DraftLength._costs
+    monkeypatch.setattr(dl.DraftLength, "_costs", lambda self: calls.append(1) or real(self))
+    chosen = []
+    for _ in range(64):
+        chosen.append(policy.next())
+        policy.observe(chosen[-1], 0, 1.0 + chosen[-1])
+    assert chosen.count(0) >= 63 and len(calls) <= 64 // dl.RECHECK + 2
+    policy.observe_acceptance(2, 2)  # e.g. a shadow draft judged: decide afresh at the next step
+    calls.clear()
+    policy.next()
+    assert calls

@@ -45,6 +45,7 @@ WARMUP = (1, 0)  # the first iterations: the two cheapest points of the cost lin
 MIN_DRAFTS = 4  # then drafts go on until this many were judged, unless even all-accepted drafts would lose
 CLEAR_WIN = 1.2  # ... (or win by less than this factor: measurement noise could fake a smaller win)
 OPTIMISM = 1.0  # plain decoding must beat drafting by the acceptance rates' upper bounds (one standard error)
+RECHECK = 8  # while plain decoding wins and no acceptance was observed, the choice is re-made every this many steps
 
 
 class DraftLength:
@@ -59,6 +60,7 @@ class DraftLength:
         self._elapsed = self._explored = 0.0  # seconds decoding; seconds probes cost beyond plain decoding
         self._probing = False
         self._drafts = 0  # drafting iterations observed
+        self._plain_won, self._unchecked = False, 0  # the last full choice: plain decoding; steps since
 
     @property
     def alpha(self) -> float:
@@ -88,6 +90,11 @@ class DraftLength:
             return self.fixed or 0
         if self._warmup:
             return self._warmup.pop(0)
+        if self._plain_won and self._unchecked < RECHECK - 1 and self._since_probe + 1 < self._probe_every:
+            self._unchecked += 1  # nothing new on acceptance, no probe due: the costs drift too slowly to
+            self._since_probe += 1  # change the choice within a few steps (the full choice costs ~50 µs)
+            return 0
+        self._plain_won, self._unchecked = False, 0
         costs, rates, hopeful = self._costs(), self._accept_rates(), self._accept_rates(OPTIMISM)
         drafting = range(1, self.maximum + 1)
         best = max(drafting, key=lambda g: self._rate(g, costs[g], rates))  # the best draft length (or loser)
@@ -103,6 +110,7 @@ class DraftLength:
             return self._second_point(best)
         self._since_probe += 1
         if self._since_probe < self._probe_every:
+            self._plain_won = True
             return 0
         self._since_probe, self._probe_every = 0, min(2 * self._probe_every, PROBE_MAX)
         expected = self._rate(best, 1.0, rates)  # tokens per verification
@@ -136,6 +144,7 @@ class DraftLength:
         if not drafted:
             return
         self._drafts += 1
+        self._plain_won = False  # re-make the choice at the next step
         for j in range(1, self.maximum + 1):
             self.reached[j] *= DECAY
             self.passed[j] *= DECAY
