@@ -445,3 +445,31 @@ def test_while_plain_decoding_wins_the_choice_is_remade_only_every_few_steps(mon
     calls.clear()
     policy.next()
     assert calls
+
+
+def test_a_fixed_draft_length_above_the_auto_bound_is_drafted_in_full():
+    target = FakeModel(vocab_size=16, sharpness=1.0)
+    prompt = [1, 2, 3, 1, 2, 3, 4]
+    stats = GenerationStats()
+    out = list(speculative.generate(Session(target), ModelDrafter(target, "self"), prompt, Sampler(), max_tokens=40,
+                                    draft_length=DraftLength(12, maximum=8), stats=stats))
+    assert out == plain(target, prompt, 40)
+    assert stats.accepted == stats.drafted and stats.draft_length == 12  # every draft of 12 accepted
+
+
+def test_seeded_sampling_with_auto_draft_lengths_repeats_itself(converted, monkeypatch):
+    """`auto` chooses from wall times; a seeded run must not depend on them (here: jittered clocks)."""
+    import random
+    import time as real_time
+
+    model = edgegen.load(converted("qwen2", "onnx"))
+    outputs = []
+    for run in range(3):
+        jitter = random.Random(run)
+        clock = iter(itertools.accumulate(jitter.choice((1e-4, 1e-1)) for _ in range(10**5)))
+        monkeypatch.setattr(speculative.time, "perf_counter", lambda: next(clock))
+        model.reset()
+        result = model.generate("The number 7", max_tokens=40, ignore_eos=True, draft="q8", temperature=1.0, seed=5)
+        outputs.append(result.token_ids)
+    monkeypatch.setattr(speculative.time, "perf_counter", real_time.perf_counter)
+    assert outputs[0] == outputs[1] == outputs[2]

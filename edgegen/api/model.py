@@ -219,9 +219,9 @@ class Model:
         if spec.draft is None:
             return generate(self.session, ids, sampler, **common)
         drafter = self._drafts.get(spec.draft, kv)
-        fixed = None if spec.num_draft == "auto" else spec.num_draft
-        return speculative.generate(self.session, drafter, ids, sampler,
-                                    draft_length=DraftLength(fixed, spec.max_draft), **common)
+        seeded = options.sampling.seed is not None and not options.sampling.greedy
+        draft_length = DraftLength.for_options(spec.num_draft, spec.max_draft, seeded)
+        return speculative.generate(self.session, drafter, ids, sampler, draft_length=draft_length, **common)
 
     def _diffusion_plan(self, options: GenerateOptions):
         d = options.diffusion

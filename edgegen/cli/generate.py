@@ -27,7 +27,8 @@ def decoding_options(func: Callable) -> Callable:
                      help="Speculative decoding: a draft model (name or folder), q4 or q8 (a quantized copy "
                           "of MODEL), or prompt-lookup. Output stays the model's own."),
         click.option("--num-draft", default="auto", show_default=True, type=DRAFT_COUNT,
-                     help="Tokens drafted per verification, or auto (chosen from measured costs)."),
+                     help="Tokens drafted per verification, or auto (chosen from measured costs; with --seed and "
+                          "sampling, 4, so that the run repeats)."),
         click.option("--max-draft", default=8, show_default=True, type=int, help="The most --num-draft auto drafts."),
         click.option("--kv-bits", default=None, type=click.Choice(["16", "8", "4", "auto"]),
                      help="KV-cache precision (default: the runtime's float cache); auto picks the smallest "

@@ -46,10 +46,14 @@ MIN_DRAFTS = 4  # then drafts go on until this many were judged, unless even all
 CLEAR_WIN = 1.2  # ... (or win by less than this factor: measurement noise could fake a smaller win)
 OPTIMISM = 1.0  # plain decoding must beat drafting by the acceptance rates' upper bounds (one standard error)
 RECHECK = 8  # while plain decoding wins and no acceptance was observed, the choice is re-made every this many steps
+SEEDED = 4  # the draft length `auto` stands for in seeded sampling (see `for_options`)
 
 
 class DraftLength:
     def __init__(self, fixed: int | None = None, maximum: int = 8):
+        """`fixed` drafts that many every time (None: choose); `maximum` bounds the choice. A fixed
+        length above `maximum` raises it: the bound is the choice's, not the user's."""
+        maximum = max(maximum, fixed or 0)
         self.fixed, self.maximum = fixed, maximum
         self.reached = [0.0] * (maximum + 1)  # per draft position j ≥ 1: drafts judged (decayed counts)
         self.passed = [0.0] * (maximum + 1)  # ... and accepted
@@ -61,6 +65,16 @@ class DraftLength:
         self._probing = False
         self._drafts = 0  # drafting iterations observed
         self._plain_won, self._unchecked = False, 0  # the last full choice: plain decoding; steps since
+
+    @classmethod
+    def for_options(cls, num_draft: int | str, maximum: int, seeded_sampling: bool) -> DraftLength:
+        """The policy `--num-draft N|auto` asks for. `auto` picks lengths from measured wall times,
+        and the length decides how many random numbers a step draws, so a seeded sampling run
+        would not repeat itself; there `auto` drafts a fixed `SEEDED` tokens (at most `maximum`),
+        and the text is the same on every run (greedy decoding is the same whatever the lengths)."""
+        if num_draft != "auto":
+            return cls(int(num_draft), maximum)
+        return cls(min(SEEDED, maximum), maximum) if seeded_sampling else cls(None, maximum)
 
     @property
     def alpha(self) -> float:
