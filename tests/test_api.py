@@ -111,6 +111,16 @@ def test_ctrl_c_stops_the_reply_not_the_chat(converted, monkeypatch):
     assert "partial [stopped]" in result.stdout and calls == [1, 3]
 
 
+def test_a_conversation_past_the_context_is_one_line_and_the_chat_goes_on(converted):
+    long = " ".join(["word"] * 3000)
+    result = CliRunner().invoke(main, ["chat", str(converted("qwen2", "onnx")), "-m", "2"],
+                                input=f"{long}\nhello\n/quit\n")
+    assert result.exit_code == 0, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("edgegen: error:")]
+    assert len(errors) == 1 and "/reset" in errors[0] and "Traceback" not in result.stderr
+    assert result.stderr.count("Generation:") == 1  # the next turn was answered
+
+
 def test_a_prompt_past_the_context_is_refused_when_the_stream_is_made(model):
     from edgegen.core.errors import ContextOverflow
 

@@ -83,3 +83,5 @@ def test_generate_with_no_model_uses_tiny_chat_offline():
     assert "tokens-per-sec" in result.stderr
     again = CliRunner().invoke(main, ["info"])  # converted once, found again in the cache
     assert again.exit_code == 0 and "llama" in again.stdout
+    named = CliRunner().invoke(main, ["info", "tiny-chat"])  # a bundled name, as every other command takes
+    assert named.exit_code == 0 and named.stdout == again.stdout

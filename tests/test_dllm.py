@@ -196,6 +196,7 @@ def test_a_growing_prompt_reuses_its_committed_blocks(dllm):
     model.reset()
     model.generate(IDS[:10], max_tokens=6, ignore_eos=True)
     again = model.generate(IDS[:15], max_tokens=6, ignore_eos=True)  # blocks [0, 8) are still in the cache
-    assert again.stats.prompt_tokens == 12 - 8
+    assert again.stats.prompt_tokens == 15 - 8  # the partial block [12, 15) runs with the first denoising step
     fresh = run(model, IDS[:15], max_tokens=6)
+    assert fresh.stats.prompt_tokens == 15
     assert again.token_ids == fresh.token_ids

@@ -152,6 +152,10 @@ def test_speculative_decoding_and_kv_bits_through_the_server(client):
     assert lookup.model_extra["timing"]["strategy"] == "speculative"
     if "kv_bits" in GenerateOptions.keys():
         assert ask(kv_bits=8).choices[0].message.content
+        assert ask(kv_bits=8.0).choices[0].message.content == ask(kv_bits=8).choices[0].message.content  # JSON 8.0
+        with pytest.raises(openai.BadRequestError) as err:
+            ask(kv_bits=8.5)
+        assert "kv_bits must be 16, 8, 4 or auto" in err.value.body["message"]
     for chosen_by_client in ("/etc", "some-org/some-model"):
         with pytest.raises(openai.BadRequestError) as err:
             ask(draft=chosen_by_client)

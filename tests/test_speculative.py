@@ -222,6 +222,27 @@ def test_a_draft_with_another_tokenizer_is_one_line(converted):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_draft_whose_embedding_misses_tokenizer_ids_is_one_line(checkpoints, converted, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from checkpoints import VOCAB
+
+    src, _ = checkpoints("llama")  # the tokenizer the qwen2 target has
+    draft = tmp_path / "draft"
+    shutil.copytree(src, draft)
+    weights = {k: (v[: VOCAB - 8] if v.shape[0] == VOCAB else v) for k, v in load_file(draft / "model.safetensors").items()}
+    save_file(weights, draft / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((draft / "config.json").read_text())
+    (draft / "config.json").write_text(json.dumps({**config, "vocab_size": VOCAB - 8}))
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "3",
+                                       "--draft", str(draft)])
+    assert result.exit_code == 2 and f"embeds {VOCAB - 8} token ids" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_generate_json_reports_speculation(converted):
     import json
 
@@ -473,3 +494,15 @@ def test_seeded_sampling_with_auto_draft_lengths_repeats_itself(converted, monke
         outputs.append(result.token_ids)
     monkeypatch.setattr(speculative.time, "perf_counter", real_time.perf_counter)
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("kind", ["model", "lookup"])
+def test_forwards_are_counted_as_plain_decoding_counts_them_at_eos(kind):
+    target = FakeModel(vocab_size=16, sharpness=1.0)
+    prompt = [5, 6, 7, 5, 6]
+    chain = plain(target, prompt, 30)
+    for eos in (chain[0], chain[6]):  # the prefill's token, and one decided by a later forward
+        expected, stats = GenerationStats(), GenerationStats()
+        list(generate(Session(target), prompt, Sampler(), max_tokens=30, stop_ids=[eos], stats=expected))
+        spec(target, drafters(target)[kind], prompt, 30, 0, stop_ids=[eos], stats=stats)
+        assert stats.forwards == expected.forwards and stats.generated_tokens == expected.generated_tokens

@@ -160,6 +160,16 @@ def test_image_refuses_a_language_model(tmp_path, converted):
     one_line_error(run("image", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.png")))
 
 
+@pytest.mark.parametrize("command", [["generate", "-p", "hi"], ["complete", "-p", "hi"], ["bench"], ["chat"],
+                                     ["perplexity", "--text", "TEXT"]])
+def test_text_commands_refuse_an_image_model(tmp_path, converted, command):
+    text = tmp_path / "t.txt"
+    text.write_text("some words to score")
+    args = [str(text) if a == "TEXT" else a for a in command]
+    one_line_error(CliRunner().invoke(main, [args[0], str(converted), *args[1:]], input="hello\n"),
+                   "image model", "edgegen image")
+
+
 def test_python_api_returns_arrays_and_pil_images(converted):
     import edgegen
 

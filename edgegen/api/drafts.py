@@ -3,6 +3,7 @@ cache across turns)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,19 +44,32 @@ class Drafts:
         else:
             local = Path(source_path(spec)).expanduser()
             if has_tokenizer(local):  # refuse a mismatch before converting anything
-                self._check_vocabulary(spec, Tokenizer(local))
+                tokenizer = Tokenizer(local)
+                self._check_vocabulary(spec, tokenizer)
+                if (local / "config.json").is_file():
+                    rows = json.loads((local / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+                    _check_embedding(spec, rows, tokenizer)
             from edgegen.api.model import load
 
             draft = load(spec, runtime=model.manifest.runtime, _draft=True, **model.load_options)
         if not hasattr(draft, "tokenizer"):
             raise ConfigError(f"the draft {spec!r} is not a language model")
         self._check_vocabulary(spec, draft.tokenizer)
+        _check_embedding(spec, draft.backend.vocab_size, draft.tokenizer)
         return ModelDrafter(draft.backend, spec, kv)
 
     def _check_vocabulary(self, spec: str, tokenizer: Tokenizer) -> None:
         if tokenizer.vocabulary() != self.model.tokenizer.vocabulary():
             raise ConfigError(f"the draft {spec!r} has another tokenizer than the model; a draft must share "
                               "the model's vocabulary (e.g. a smaller model of the same family)")
+
+
+def _check_embedding(spec: str, rows: object, tokenizer: Tokenizer) -> None:
+    """A draft must embed every id its tokenizer has: the model writes them, the draft reads them."""
+    ids = max(tokenizer.vocabulary().values(), default=-1) + 1
+    if isinstance(rows, int) and rows < ids:
+        raise ConfigError(f"the draft {spec!r} embeds {rows} token ids but its tokenizer has {ids}: it could not "
+                          "read every token the model writes; use a draft whose vocabulary covers its tokenizer")
 
 
 def _source_of(manifest: Manifest) -> str:

@@ -76,13 +76,12 @@ def ngram_build(texts: tuple[Path, ...], out: Path, model: str | None, top: int,
     import numpy as np
     from tqdm import tqdm
 
-    from edgegen.api import load
+    from edgegen.cli.generate import load_text_model
     from edgegen.core.outputs import atomic_folder, check_output
     from edgegen.decoding import ngram as store
-    from edgegen.models import DEFAULT_MODEL
 
     out = check_output(out, force=force, sources=texts)
-    llm = load(model or DEFAULT_MODEL)
+    llm = load_text_model(model)
     docs = _documents(texts)
     sequences = []
     for doc in tqdm(docs, desc="tokenizing", unit="doc", leave=False, disable=None):

@@ -32,11 +32,16 @@ def convert(src: str, out: Path, runtime: str, dtype: str, quant: str, group_siz
 @main.command()
 @click.argument("model", required=False)
 def info(model: str | None) -> None:
-    """Describe a converted MODEL folder (default: the bundled tiny-chat)."""
+    """Describe MODEL: a converted folder, or a model that other commands take (a bundled name, a
+    Hugging Face checkpoint), converted into the cache first as they would (default: tiny-chat)."""
     from edgegen.core.manifest import Manifest
-    from edgegen.models import locate
+    from edgegen.models import is_converted, locate
 
-    manifest = Manifest.read(model) if model else Manifest.read(locate(None))
+    folder = Path(model).expanduser() if model else None
+    if folder is not None and (is_converted(model) or folder.is_dir() and not (folder / "config.json").is_file()):
+        manifest = Manifest.read(folder)  # converted, or a folder edgegen can neither read nor convert
+    else:
+        manifest = Manifest.read(locate(model))
     rows = manifest.describe()
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

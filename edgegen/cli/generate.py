@@ -88,10 +88,22 @@ def split_options(opts: dict[str, Any]):
 
 
 def load_model(model: str | None, flags: dict[str, Any]):
+    return load_text_model(model, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+
+
+def load_text_model(model: str | None, provider: str | None = None, **kwargs):
+    """A language model for the text commands; an image model is a one-line error."""
     from edgegen.api import load
+    from edgegen.core.errors import ConfigError
+    from edgegen.images import ImageModel
     from edgegen.models import DEFAULT_MODEL
 
-    return load(model or DEFAULT_MODEL, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+    model = model or DEFAULT_MODEL
+    loaded = load(model, provider, **kwargs)
+    if isinstance(loaded, ImageModel):
+        raise ConfigError(f"{model} is an image model (VAR), not a language model; "
+                          f"make images with `edgegen image {model}`")
+    return loaded
 
 
 def print_stats(stats) -> None:
@@ -132,6 +144,8 @@ def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: A
 @decoding_options
 def chat(model: str | None, system: str | None, **opts: Any) -> None:
     """Chat with MODEL (default: the bundled tiny-chat). /reset clears, /quit leaves; Ctrl-C stops a reply."""
+    from edgegen.core.errors import ContextOverflow
+
     options, flags = split_options(opts)
     llm = load_model(model, flags)
     start = [{"role": "system", "content": system}] if system else []
@@ -156,7 +170,14 @@ def chat(model: str | None, system: str | None, **opts: Any) -> None:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        messages.append({"role": "assistant", "content": reply(llm, messages, options)})
+        try:
+            answer = reply(llm, messages, options)
+        except ContextOverflow as exc:  # the conversation outgrew the context: say so, keep the session
+            messages.pop()
+            click.echo(f"edgegen: error: {exc} (the conversation is too long for the model: "
+                       "/reset starts a new one)", err=True)
+            continue
+        messages.append({"role": "assistant", "content": answer})
 
 
 def reply(llm, messages: list[dict[str, str]], options) -> str:

@@ -30,16 +30,16 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
     KV cache, with its standard error, KV bytes per token and peak memory."""
     from tqdm import tqdm
 
-    from edgegen.api import load, peak_rss_mb
+    from edgegen.api import peak_rss_mb
+    from edgegen.cli.generate import load_model
     from edgegen.core.errors import ConfigError
     from edgegen.core.options import GenerateOptions
     from edgegen.decoding.perplexity import perplexity as measure
-    from edgegen.models import DEFAULT_MODEL
 
     options = GenerateOptions.from_kwargs(kv_bits=int(kv_bits) if kv_bits not in (None, "auto") else kv_bits,
                                           kv_group_size=kv_group_size)
     text = _read(text_file)
-    llm = load(model or DEFAULT_MODEL, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+    llm = load_model(model, flags)
     ids = [i for i in llm.tokenizer.encode(text) if i < llm.backend.vocab_size]
     if max_tokens is not None:
         if max_tokens < 2:

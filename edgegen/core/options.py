@@ -81,9 +81,14 @@ class KVOptions:
     kv_group_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.kv_bits not in (None, 16, 8, 4, "auto") or isinstance(self.kv_bits, bool):
+        if isinstance(self.kv_bits, float) and self.kv_bits in (16, 8, 4):  # JSON clients send 8.0
+            object.__setattr__(self, "kv_bits", int(self.kv_bits))
+        if self.kv_bits not in (None, 16, 8, 4, "auto") or isinstance(self.kv_bits, bool) \
+                or isinstance(self.kv_bits, float):
             raise ConfigError(f"kv_bits must be 16, 8, 4 or auto, got {self.kv_bits!r}")
-        if self.kv_group_size not in (32, 64, 128) or isinstance(self.kv_group_size, bool):
+        if isinstance(self.kv_group_size, float) and self.kv_group_size in (32, 64, 128):
+            object.__setattr__(self, "kv_group_size", int(self.kv_group_size))
+        if self.kv_group_size not in (32, 64, 128) or isinstance(self.kv_group_size, (bool, float)):
             raise ConfigError(f"kv_group_size must be 32, 64 or 128, got {self.kv_group_size!r}")
 
 

@@ -134,7 +134,7 @@ class BlockDiffusion:
         if self.shift:
             keep = min(keep, first - B)  # at least one block to run, for its last row (the carry)
         session.rewind(keep)
-        self.stats.prompt_tokens = first - keep
+        self.stats.prompt_tokens = canvas.start - keep  # the partial block's run with its first denoising step
         if keep == first:  # the whole prompt's blocks are already in the cache
             return None
         ids = canvas.ids[keep:first]
@@ -251,6 +251,6 @@ def generate(session: Session, prompt: Sequence[int], sampler: Sampler, plan: Pl
     stats.strategy = "block-diffusion"
     max_tokens = check_prompt(prompt, session.model.context_length, max_tokens)
     out = Emitter(prompt, stats, max_tokens=max_tokens, stop_ids=stop_ids, should_stop=should_stop)
-    stats.prompt_tokens = len(prompt)  # the cached path counts only the blocks it had to run
+    stats.prompt_tokens = len(prompt)  # the cached path leaves out the blocks it reused
     engine = BlockDiffusion(session, plan, sampler, stats)
     yield from engine.generate(list(prompt), out, max_tokens)

@@ -49,9 +49,10 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
     verifications, skipped = 0, 0  # skipped: tokens decided since the drafter last ran
     shadow: Shadow | None = None
     while True:
-        for token in pending:
+        for i, token in enumerate(pending):
             if not out.accept(token):
-                return
+                stats.forwards -= i == 0  # a forward that decided only the stop id yields nothing: plain
+                return  # decoding does not count it either
             yield token
             if out.done():
                 return
