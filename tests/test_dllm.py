@@ -189,6 +189,13 @@ def test_dllm_options_are_checked(dllm):
     assert out.exit_code == 2 and "block-causal" in out.stderr
     out = CliRunner().invoke(main, ["generate", str(dllm[1]("sdar", "onnx")), "-p", "x", "--draft", "q4"])
     assert out.exit_code == 2 and "diffusion" in out.stderr
+    out = CliRunner().invoke(main, ["generate", str(dllm[1]("sdar", "onnx")), "-p", "x", "--num-draft", "4"])
+    assert out.exit_code == 2 and "speculative" in out.stderr  # not silently ignored
+
+
+def test_diffusion_options_on_an_autoregressive_model_are_refused(converted):
+    out = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "x", "--block-size", "4"])
+    assert out.exit_code == 2 and "apply to diffusion LLMs" in out.stderr
 
 
 def test_a_growing_prompt_reuses_its_committed_blocks(dllm):

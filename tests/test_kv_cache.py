@@ -189,6 +189,19 @@ def test_perplexity_command_json(converted):
     report = json.loads(result.stdout)
     assert set(report) == {"perplexity", "stderr", "tokens", "kv_bits", "kv_bytes_per_token", "peak_memory_mb"}
     assert report["tokens"] == 63 and report["kv_bits"] == 8 and report["perplexity"] > 1
+    assert isinstance(report["kv_bytes_per_token"], int)
+
+
+def test_perplexity_input_edges(converted, tmp_path):
+    model = str(converted("qwen2", "onnx"))
+    zero = CliRunner().invoke(main, ["perplexity", model, "--context", "0", "--max-tokens", "8"])
+    assert zero.exit_code == 2 and "--context must be at least 2" in zero.stderr
+    plain, marked = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text("The number 12 follows 11.", encoding="utf-8")
+    marked.write_text("The number 12 follows 11.", encoding="utf-8-sig")
+    scores = [json.loads(CliRunner().invoke(main, ["perplexity", model, "--text", str(f), "--json"]).stdout)
+              for f in (plain, marked)]
+    assert scores[0] == {**scores[1], "peak_memory_mb": scores[0]["peak_memory_mb"]}  # the mark is not scored
 
 
 def test_onnx_cache_grows_one_layer_at_a_time_and_keeps_its_contents():

@@ -18,7 +18,7 @@ from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
-from edgegen.core.options import GenerateOptions
+from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeOptions
 from edgegen.core.outputs import atomic_file
 from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
@@ -211,10 +211,13 @@ class Model:
         stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
         common = dict(max_tokens=options.max_tokens, stop_ids=stop_ids, stats=stats, should_stop=should_stop)
         if self.manifest.family == "dllm":
-            if options.speculative.draft is not None:
-                raise ConfigError("a diffusion LLM decodes blocks in parallel; --draft (speculative decoding) "
-                                  "applies to autoregressive models")
+            if options.speculative != SpeculativeOptions():
+                raise ConfigError("a diffusion LLM decodes blocks in parallel; --draft, --num-draft and --max-draft "
+                                  "(speculative decoding) apply to autoregressive models")
             return block_diffusion.generate(self.session, ids, sampler, self._diffusion_plan(options), **common)
+        if options.diffusion != DiffusionOptions():
+            raise ConfigError("--block-size, --threshold, --rule, --steps, --dllm-cache and --refresh-every apply to "
+                              "diffusion LLMs; this model is autoregressive")
         spec = options.speculative
         if spec.draft is None:
             return generate(self.session, ids, sampler, **common)

@@ -66,8 +66,10 @@ class _DraftCount(click.ParamType):
     name = "N|auto"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value == "auto" or isinstance(value, int):
+        if isinstance(value, int):
             return value
+        if value.strip().lower() == "auto":
+            return "auto"
         try:
             return int(value)
         except ValueError:

@@ -49,7 +49,7 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
     with tqdm(total=max(len(ids) - 1, 0), desc="perplexity", unit="tok", leave=False, disable=None) as bar:
         result = measure(llm.backend, ids, kv=kv, context=context, on_token=bar.update)
     report = {"perplexity": round(result.perplexity, 4), "stderr": round(result.stderr, 4), "tokens": result.tokens,
-              "kv_bits": None if kv is None else kv.bits, "kv_bytes_per_token": llm.kv_bytes_per_token(kv),
+              "kv_bits": None if kv is None else kv.bits, "kv_bytes_per_token": _whole(llm.kv_bytes_per_token(kv)),
               "peak_memory_mb": round(peak_rss_mb(), 1)}
     if as_json:
         click.echo(json.dumps(report))
@@ -60,6 +60,10 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
                f"peak memory {report['peak_memory_mb'] / 1024:.3f} GB")
 
 
+def _whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
 def _read(path: Path | None) -> str:
     from edgegen.core.data import HELDOUT, bundled_text
     from edgegen.core.errors import ConfigError
@@ -67,7 +71,7 @@ def _read(path: Path | None) -> str:
     if path is None:
         return bundled_text(HELDOUT)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no text
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist; give a UTF-8 text file with --text") from None
     except UnicodeDecodeError as exc:

@@ -29,7 +29,7 @@ def perplexity(model: LanguageModel, ids: Sequence[int], *, kv: KVSpec | None = 
                on_token: Callable[[int], None] = lambda n: None) -> PerplexityResult:
     """Score `ids` in windows of `context` tokens (default: the model's context), each from an empty
     cache; the first token of a window is given, every later one is predicted."""
-    context = min(context or model.context_length, model.context_length)
+    context = model.context_length if context is None else min(context, model.context_length)
     if context < 2:
         raise ConfigError("--context must be at least 2 tokens")
     if len(ids) < 2:
