@@ -71,8 +71,9 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
 
 
 def _grouped(c: DecoderConfig) -> bool:
-    """Causal models whose KV heads serve several query heads run decode steps grouped."""
-    return c.diffusion is None and grouped_decode.group_size(c) > 1
+    """Causal models whose KV heads serve several query heads run decode steps grouped, where
+    that pays for its `If` (grouped_decode.pays)."""
+    return c.diffusion is None and grouped_decode.group_size(c) > 1 and grouped_decode.pays(c)
 
 
 def _rotary_caches(g: GraphBuilder, c: DecoderConfig) -> tuple[ir.Value, ir.Value]:
