@@ -362,16 +362,23 @@ def test_free_drafters_keep_the_acceptance_rate_current_during_plain_decoding(ki
 def test_the_cost_line_runs_through_draft_lengths_only():
     # ONNX on a tiny model: any draft costs a fixed extra (a multi-row verify pass), each more
     # drafted token little; a line through the plain step and γ = 1 would price γ = 4 at 2.6
-    cost = {0: 1.0, 1: 1.4, 2: 1.5}
+    cost = {0: 1.0, 1: 1.4, 4: 1.7}
     policy, chosen = DraftLength(None, maximum=8), []
     for _ in range(2):  # the warm-up: γ = 1, then a plain step
         chosen.append(policy.next())
         policy.observe(chosen[-1], chosen[-1], cost[chosen[-1]])
     assert chosen == [1, 0] and policy._costs()[4] == pytest.approx(2.6)  # the cautious guess, until ...
     chosen.append(policy.next())
-    assert chosen[-1] == 2  # ... a second draft length is measured (all accepted so far: drafting wins)
-    policy.observe(2, 2, cost[2])
-    assert policy._costs()[4] == pytest.approx(1.7)
+    assert chosen[-1] == 4  # ... a second draft length, 3 away, is measured (all accepted so far: drafting wins)
+    policy.observe(4, 4, cost[4])
+    assert policy._costs()[2] == pytest.approx(1.5) and policy._costs()[8] == pytest.approx(2.1)
+
+
+@pytest.mark.parametrize("maximum, first, second", [(8, 1, 4), (8, 8, 5), (2, 1, 2), (3, 2, 1)])
+def test_the_second_measured_length_lies_apart_from_the_first(maximum, first, second):
+    policy = DraftLength(None, maximum=maximum)
+    policy.observe(first, first, 1.0)
+    assert policy._second_point(first) == second and policy._second_point(second) == second
 
 
 def test_an_unlucky_start_does_not_leave_drafting_for_good():
@@ -506,3 +513,14 @@ def test_forwards_are_counted_as_plain_decoding_counts_them_at_eos(kind):
         list(generate(Session(target), prompt, Sampler(), max_tokens=30, stop_ids=[eos], stats=expected))
         spec(target, drafters(target)[kind], prompt, 30, 0, stop_ids=[eos], stats=stats)
         assert stats.forwards == expected.forwards and stats.generated_tokens == expected.generated_tokens
+
+
+def test_auto_keeps_what_it_learned_across_calls(converted):
+    model = edgegen.load(converted("qwen2", "onnx"))
+    for _ in range(2):
+        model.generate("The number 7", max_tokens=12, ignore_eos=True, draft="q8")
+    (policy,) = model._drafts.policies.values()
+    assert not policy._warmup and policy.samples  # the second call started warm
+    model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", kv_bits=8)
+    model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", num_draft=2)
+    assert len(model._drafts.policies) == 2  # another cache precision learns for itself; a fixed γ keeps nothing

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import Manifest
+from edgegen.core.options import SpeculativeOptions
 from edgegen.core.protocols import KVSpec
+from edgegen.decoding.draft_length import DraftLength
 from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
 from edgegen.models import source_path
 from edgegen.tokenizer import Tokenizer, has_tokenizer
@@ -24,6 +26,16 @@ class Drafts:
     def __init__(self, model: "Model"):
         self.model = model
         self.cache: dict[tuple, object] = {}
+        self.policies: dict[tuple, DraftLength] = {}  # (draft, kv, max_draft) -> what `auto` learned
+
+    def draft_length(self, spec: SpeculativeOptions, kv: KVSpec | None, seeded: bool) -> DraftLength:
+        """The draft-length policy for one generation. `auto` keeps what it learned (iteration
+        costs, acceptance rates) per draft and cache precision across calls, so that a chat's
+        later turns and a server's later requests start where the last reply left off rather than
+        warming up and probing again every time."""
+        if spec.num_draft != "auto" or seeded:
+            return DraftLength.for_options(spec.num_draft, spec.max_draft, seeded)
+        return self.policies.setdefault((spec.draft, kv, spec.max_draft), DraftLength(None, spec.max_draft))
 
     def get(self, spec: str, kv: KVSpec | None):
         key = (spec, kv)

@@ -24,7 +24,6 @@ from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
-from edgegen.decoding.draft_length import DraftLength
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
 from edgegen.tokenizer import StreamDecoder, Tokenizer
@@ -223,7 +222,7 @@ class Model:
             return generate(self.session, ids, sampler, **common)
         drafter = self._drafts.get(spec.draft, kv)
         seeded = options.sampling.seed is not None and not options.sampling.greedy
-        draft_length = DraftLength.for_options(spec.num_draft, spec.max_draft, seeded)
+        draft_length = self._drafts.draft_length(spec, kv, seeded)
         return speculative.generate(self.session, drafter, ids, sampler, draft_length=draft_length, **common)
 
     def _diffusion_plan(self, options: GenerateOptions):

@@ -45,6 +45,8 @@ WARMUP = (1, 0)  # the first iterations: the two cheapest points of the cost lin
 MIN_DRAFTS = 4  # then drafts go on until this many were judged, unless even all-accepted drafts would lose
 CLEAR_WIN = 1.2  # ... (or win by less than this factor: measurement noise could fake a smaller win)
 OPTIMISM = 1.0  # plain decoding must beat drafting by the acceptance rates' upper bounds (one standard error)
+SHRINK = 2.0  # pseudo-samples of the cost line in a measured draft length's cost
+SPAN = 3  # the second draft length measured lies this far from the first (the cost line's slope)
 RECHECK = 8  # while plain decoding wins and no acceptance was observed, the choice is re-made every this many steps
 SEEDED = 4  # the draft length `auto` stands for in seeded sampling (see `for_options`)
 
@@ -135,11 +137,17 @@ class DraftLength:
         return self._second_point(best)
 
     def _second_point(self, gamma: int) -> int:
-        """`gamma`, or another length while only one draft length was measured: the slope of the
-        cost line comes from two of them (the jump from a plain step to any draft is no slope)."""
+        """`gamma`, or (while only one draft length was measured and `gamma` lies near it) another
+        length: the slope of the cost line comes from two of them (the jump from a plain step to
+        any draft is no slope), `SPAN` apart where the bound allows, so that the noise of two
+        iteration times does not make the slope (tiny-draft on ONNX: γ 1 and 2 gave twice the
+        slope γ 1 and 4 give, and `auto` drafted one or two tokens for half a reply where four
+        paid best)."""
         measured = [g for g in self.samples if g > 0]
-        if measured == [gamma] and self.maximum > 1:
-            return min(2 * gamma, self.maximum) if gamma < self.maximum else gamma - 1
+        if len(measured) == 1 and self.maximum > 1 and abs(gamma - measured[0]) < SPAN:
+            first = measured[0]
+            target = first + SPAN if first + SPAN <= self.maximum else first - SPAN
+            return min((g for g in range(1, self.maximum + 1) if g != first), key=lambda g: abs(g - target))
         return gamma
 
     def observe(self, drafted: int, accepted: int, seconds: float | None, overhead: float = 0.0) -> None:
@@ -180,19 +188,24 @@ class DraftLength:
         return expected / max(cost, 1e-9)
 
     def _costs(self) -> list[float]:
-        """Seconds per iteration for γ = 0..max: measured, or else a least-squares line (slope ≥ 0)
-        through the measured draft lengths. A plain step is no point of that line: drafting and a
-        multi-token verification carry a fixed cost of their own. While one draft length alone
-        was measured, the line runs through it and the plain step (every extra second is taken
-        to grow with γ: the cautious guess)."""
+        """Seconds per iteration for γ = 0..max: a least-squares line (slope ≥ 0, each draft
+        length weighted by its samples) through the measured draft lengths, a measured length's
+        own median pulled towards it by `SHRINK` pseudo-samples (one slow iteration must not price
+        a length out for good: it is never measured again if it looks dear). A plain step is no
+        point of that line, and keeps its own median: drafting and a multi-token verification
+        carry a fixed cost of their own. While one draft length alone was measured, the line runs
+        through it and the plain step (every extra second is taken to grow with γ: the cautious
+        guess)."""
         measured = {g: statistics.median(times) for g, times in self.samples.items()}
+        counts = {g: len(times) for g, times in self.samples.items()}
         drafts = sorted((g, c) for g, c in measured.items() if g > 0)
         plain = measured.get(0)
         if len(drafts) >= 2:
-            xs, ys = [p[0] for p in drafts], [p[1] for p in drafts]
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
-            slope = max(slope, 0.0)
+            ws = [counts[g] for g, _ in drafts]
+            mx = sum(w * g for w, (g, _) in zip(ws, drafts)) / sum(ws)
+            my = sum(w * c for w, (_, c) in zip(ws, drafts)) / sum(ws)
+            spread = sum(w * (g - mx) ** 2 for w, (g, _) in zip(ws, drafts))
+            slope = max(sum(w * (g - mx) * (c - my) for w, (g, c) in zip(ws, drafts)) / max(spread, 1e-12), 0.0)
             line = (my - slope * mx, slope)
         elif drafts and plain is not None:
             (g, c), = drafts
@@ -203,4 +216,7 @@ class DraftLength:
         else:
             line = (1.0, 0.5)  # nothing measured yet: drafting costs something
         floor = min(measured.values(), default=0.0)
-        return [measured[g] if g in measured else max(line[0] + line[1] * g, floor) for g in range(self.maximum + 1)]
+        out = [max(line[0] + line[1] * g, floor) for g in range(self.maximum + 1)]
+        for g, c in measured.items():
+            out[g] = c if g == 0 or len(drafts) < 2 else (counts[g] * c + SHRINK * out[g]) / (counts[g] + SHRINK)
+        return out
