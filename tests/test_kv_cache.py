@@ -234,3 +234,27 @@ def test_onnx_cache_grows_one_layer_at_a_time_and_keeps_its_contents():
     for (k, v), (k0, v0) in zip(cache.buffers, before):
         np.testing.assert_array_equal(k[:, :, :CHUNK], k0[:, :, :CHUNK])
         np.testing.assert_array_equal(v[:, :, :CHUNK], v0[:, :, :CHUNK])
+
+
+def test_onnx_step_feeds_bound_once_give_each_forward_its_own_inputs(converted):
+    """The causal graph's small inputs and its logits are arrays bound once per binding and written
+    in place (runtimes/onnx/feeds.py): every mix of feed lengths, kept rows and embeddings on one
+    cache must give what fresh caches give, and a returned row must not change under later forwards."""
+    from edgegen.core.protocols import Feed
+
+    backend = edgegen.load(converted("qwen2", "onnx")).backend
+    ids = [int(i) for i in np.random.default_rng(3).integers(3, 300, size=12)]
+    whole = backend.forward(Feed(ids, rows=0), backend.new_cache())  # (12, vocab)
+    cache = backend.new_cache()
+    first = backend.forward(Feed(ids[:4], rows=0), cache)
+    kept = first.copy()
+    step = backend.forward(Feed(ids[4:5]), cache)[-1]
+    mixed = backend.forward(Feed(ids[5:6], embeddings=backend.embed(ids[6:8]), rows=3), cache)
+    tail = backend.forward(Feed(ids[8:12], rows=2), cache)
+    again = backend.forward(Feed(ids[4:5]), backend.new_cache())  # another cache, same backend
+    assert np.array_equal(first, kept)
+    np.testing.assert_allclose(first, whole[:4], atol=1e-4)
+    np.testing.assert_allclose(step, whole[4], atol=1e-4)
+    np.testing.assert_allclose(mixed, whole[5:8], atol=1e-4)
+    np.testing.assert_allclose(tail, whole[10:12], atol=1e-4)
+    assert again.shape == (1, backend.vocab_size)

@@ -16,6 +16,7 @@ from edgegen.core.errors import CapabilityError, ConfigError, InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
 from edgegen.runtimes.onnx.cache import OnnxKVCache, variant_of
+from edgegen.runtimes.onnx.feeds import StepFeeds
 from edgegen.runtimes.onnx.session import choose_provider, create_session, import_ort, ort_message
 
 QMAX = {"kv8": 127.0, "kv4": 7.0}  # symmetric int8 / int4 as GroupQueryAttention stores them
@@ -88,17 +89,18 @@ class OnnxLanguageModel:
         n = feed.length
         cache.reserve(n, spare=self._spare_rows if n == 1 else 0)
         total = cache.length + n
-        binding = self._binding(cache)
-        binding.bind_cpu_input("input_ids", np.asarray([feed.tokens], dtype=np.int64).reshape(1, -1))
-        embeds = self._no_embeds if feed.embeddings is None else np.asarray(feed.embeddings, np.float32)[None]
-        binding.bind_cpu_input("inputs_embeds", embeds)
-        binding.bind_cpu_input("seqlens_k", np.asarray([total - 1], dtype=np.int32))
-        binding.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
+        binding, feeds = self._binding(cache)
+        embeds = None if feed.embeddings is None else np.asarray(feed.embeddings, np.float32)[None]
         if self.block_graph:
+            binding.bind_cpu_input("input_ids", np.asarray([feed.tokens], dtype=np.int64).reshape(1, -1))
+            binding.bind_cpu_input("inputs_embeds", self._no_embeds if embeds is None else embeds)
+            binding.bind_cpu_input("seqlens_k", np.asarray([total - 1], dtype=np.int32))
+            binding.bind_cpu_input("total_sequence_length", np.asarray(total, dtype=np.int32))
             self._bind_block_inputs(binding, feed, cache.length)
-        else:
-            binding.bind_cpu_input("logits_to_keep", np.asarray([self._last_rows(feed)], dtype=np.int64))
-        binding.bind_output("logits")
+            binding.bind_output("logits")
+            logits = None
+        else:  # the causal graph's inputs are arrays bound once, written in place (feeds.py)
+            logits = feeds.set(feed.tokens, total, self._last_rows(feed), embeds)
         try:
             cache.session.run_with_iobinding(binding)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -107,7 +109,9 @@ class OnnxLanguageModel:
         if feed.commit:
             cache.advance(n)
         # Only the logits are copied out (the presents live in the cache's own buffers).
-        return binding.get_outputs()[-1].numpy()[0]  # (kept, vocab); logits is bound last
+        if logits is None:
+            return binding.get_outputs()[-1].numpy()[0]  # (kept, vocab); logits is bound last
+        return logits[0].copy()  # the array is written again by the next forward
 
     def _last_rows(self, feed: Feed) -> int:
         """The causal graph keeps the last n positions and knows no other pattern."""
@@ -132,8 +136,9 @@ class OnnxLanguageModel:
         binding.bind_cpu_input("logits_range", np.asarray(feed.row_range(), dtype=np.int64))
 
     def _binding(self, cache: OnnxKVCache):
-        """The cache's I/O binding: each layer's buffer bound as both past and present (GQA then
-        writes the new keys and values in place). Made again only when the buffers grow."""
+        """The cache's I/O binding, and its step feeds: each layer's buffer bound as both past and
+        present (GQA then writes the new keys and values in place). Made again only when the
+        buffers grow."""
         if cache.binding is None or cache.binding[0] != cache.generation:
             ort = import_ort()
             binding = cache.session.io_binding()
@@ -144,8 +149,9 @@ class OnnxLanguageModel:
                     binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
             for name, scale in cache.scales.items():
                 binding.bind_cpu_input(name, scale)
-            cache.binding = (cache.generation, binding)
-        return cache.binding[1]
+            feeds = None if self.block_graph else StepFeeds(binding, ort, self.hidden_size, self.vocab_size)
+            cache.binding = (cache.generation, binding, feeds)
+        return cache.binding[1], cache.binding[2]
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, tokens: Sequence[int]) -> np.ndarray:
