@@ -102,3 +102,16 @@ def test_long_prompts_are_prefilled_in_chunks_that_shrink_as_the_cache_grows():
     lengths = [len(c) for c in model.calls]
     assert lengths[0] == PREFILL_CHUNK and min(lengths[:-1]) == PREFILL_MIN_CHUNK
     assert lengths[:-1] == sorted(lengths[:-1], reverse=True)
+
+
+def test_common_prefix_agrees_with_a_plain_scan():
+    import random
+
+    from edgegen.decoding.autoregressive import _common_prefix
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        a = [rng.randint(0, 3) for _ in range(rng.randint(0, 40))]
+        b = a[: rng.randint(0, len(a))] + [rng.randint(0, 3) for _ in range(rng.randint(0, 6))]
+        plain = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert _common_prefix(a, b) == plain == _common_prefix(b, a)
