@@ -109,7 +109,14 @@ def summarize(runs: list[RunStats]) -> dict:
 
 
 def checkpoint_stamp(ckpt: Path) -> str:
-    return (ckpt / DONE_MARKER).read_text()
+    """What the benchmark checkpoint's builder wrote, or (a folder it did not build, e.g. a bundled
+    model) a hash of the folder's files."""
+    if (ckpt / DONE_MARKER).exists():
+        return (ckpt / DONE_MARKER).read_text()
+    digest = hashlib.sha1()
+    for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(ckpt).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def cached_build(name: str, ckpt: Path, build: Callable[[Path], None], key: str = "") -> Path:

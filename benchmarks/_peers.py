@@ -25,14 +25,15 @@ def offline_env() -> dict[str, str]:
 # ---------------------------------------------------------------- onnxruntime-genai
 
 
-def prepare_ortgenai(ckpt: Path, precision: str) -> Path:
-    """Run ORT GenAI's own model builder (`-p int4|fp32 -e cpu`) on the checkpoint."""
-    name = f"ort-genai-{precision}"
+def prepare_ortgenai(ckpt: Path, precision: str, name: str = "", extra: tuple[str, ...] = ()) -> Path:
+    """Run ORT GenAI's own model builder (`-p int4|fp32 -e cpu [--extra_options ...]`) on the checkpoint."""
+    name = name or f"ort-genai-{precision}"
 
     def build(out: Path) -> None:
         hf_cache = out.parent / f"{name}.hf-cache"
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt),
                "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(hf_cache)]
+        cmd += ["--extra_options", *extra] if extra else []
         try:
             run_logged(cmd, out.parent / f"{name}.log", env=offline_env())
         finally:
@@ -68,6 +69,72 @@ def open_ortgenai(path: Path, threads: int) -> Runner:
             return int(gen.get_next_tokens()[0])
 
         return time_greedy(first, step, len(prompt), new_tokens)
+
+    return run
+
+
+def prepare_ortgenai_pair(target: Path, draft: Path) -> Path:
+    """Two folders: `plain/`, the target's fp32 build, and `draft/`, the same plus the draft's build
+    (`draft.onnx`) as `model.draft`, the layout ORT GenAI's draft-model speculative decoding reads
+    (its docs/speculative_decoding.md). EOS is set to the padding id in both (an id past the
+    vocabulary is refused): runs end at max_length, as ours ignore EOS (its `min_length` would
+    also hold speculation off)."""
+    built = prepare_ortgenai(target, "fp32", f"ort-genai-{target.name}-fp32")
+    drafted = prepare_ortgenai(draft, "fp32", f"ort-genai-{draft.name}-draft-fp32", ("filename=draft.onnx",))
+
+    def build(out: Path) -> None:
+        for kind in ("plain", "draft"):
+            folder = out / kind
+            folder.mkdir(parents=True)
+            extra = [drafted / "draft.onnx", drafted / "draft.onnx.data"] if kind == "draft" else []
+            for src in list(built.iterdir()) + extra:
+                if src.is_file() and not src.name.startswith("."):
+                    shutil.copy2(src, folder / src.name)
+            config = json.loads((built / "genai_config.json").read_text())
+            if kind == "draft":
+                config["model"]["draft"] = json.loads((drafted / "genai_config.json").read_text())["model"]["decoder"]
+            model = config["model"]
+            model["eos_token_id"] = [model.get("pad_token_id", model["vocab_size"] - 1)]  # never written
+            (folder / "genai_config.json").write_text(json.dumps(config, indent=1))
+
+    return cached_build(f"ort-genai-{target.name}+{draft.name}", target, build,
+                        package_key("onnxruntime-genai", "onnxruntime") + f" draft={draft} eos=pad")
+
+
+def open_ortgenai_speculation(path: Path, threads: int):
+    """`run(prompt, new_tokens, mode)` with mode "plain", "draft" (the draft model, K = 4) or
+    "ngram" (its n-gram lookup, n = 3, K = 4): decode tok/s, tokens, its acceptance rate and
+    tokens per target forward."""
+    import time
+
+    import onnxruntime_genai as og
+
+    options = {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
+    models = {}
+    for kind in ("plain", "draft"):
+        config = og.Config(str(path / kind))
+        config.overlay(json.dumps({"model": {"decoder": options, **({"draft": options} if kind == "draft" else {})}}))
+        models[kind] = og.Model(config)
+
+    def run(prompt: list[int], new_tokens: int, mode: str) -> dict:
+        model = models["draft" if mode == "draft" else "plain"]
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        if mode != "plain":
+            params.set_speculative_options(max_draft_tokens=4, **({"ngram_size": 3} if mode == "ngram" else {}))
+        gen = og.Generator(model, params)
+        gen.append_tokens(prompt)
+        gen.generate_next_token()  # the prompt's forward gives token 1: the time to first token
+        t0 = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        seconds = time.perf_counter() - t0
+        tokens = [int(t) for t in gen.get_sequence(0)][len(prompt):]
+        stats = gen.get_speculative_stats() if mode != "plain" else {}
+        forwards = stats.get("target_forward_passes", 0) + stats.get("standard_fallback_steps", 0)
+        return {"decode_tok_s": (len(tokens) - 1) / seconds, "tokens": tokens,
+                "acceptance": float(stats.get("acceptance_rate", 0.0)),
+                "tokens_per_forward": len(tokens) / forwards if forwards else 1.0}
 
     return run
 

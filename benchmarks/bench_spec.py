@@ -14,6 +14,9 @@
    weights have flat logits, so the q4 copy's proposals are rarely the target's argmax; the same
    part therefore also measures the costs (a q4 draft step, verification of γ + 1 tokens) and
    prints the speedup they give at acceptance rates a trained model has.
+4. onnxruntime-genai's own speculation on the same pair (its draft-model decoding with tiny-draft,
+   K = 4, and its n-gram lookup), fp32 like ours, interleaved with our plain decoding, tiny-draft
+   and prompt lookup (`--only-peers`: this part alone, merged into the results file).
 Every speculative run's tokens are checked against plain decoding (greedy is lossless).
 """
 
@@ -49,6 +52,9 @@ def parse_args() -> argparse.Namespace:
                    help="with --large: a trained Hugging Face checkpoint folder (e.g. Qwen2.5-0.5B-Instruct) instead "
                         "of the random-weight one; prompted with the rewrite prompt through its chat template, "
                         "prompt lookup drafted too")
+    p.add_argument("--peers", default=1, type=int, choices=(0, 1),
+                   help="also onnxruntime-genai's own speculation on the same pair (with onnx in --runtimes)")
+    p.add_argument("--only-peers", action="store_true", help="the onnxruntime-genai comparison alone")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args()
 
@@ -149,6 +155,67 @@ def mlxlm_speculation(tokens: int) -> dict:
     return out
 
 
+def ortgenai_speculation(args: argparse.Namespace) -> list[dict]:
+    """onnxruntime-genai's own speculation on the same pair, fp32 like our ONNX tiny-chat: its draft
+    model (tiny-draft, K = 4) and its n-gram lookup (n = 3, K = 4), against its plain decoding and
+    ours, interleaved in rounds with our tiny-draft and prompt lookup (γ = 4 and auto), one prompt
+    of each kind."""
+    import os
+
+    try:
+        from _peers import open_ortgenai_speculation, prepare_ortgenai_pair
+    except ImportError as exc:
+        return [{"status": f"skipped ({exc})"}]
+    from edgegen.models import BUNDLED
+
+    threads = int(os.environ.get("EDGEGEN_THREADS", "0"))
+    try:
+        run = open_ortgenai_speculation(prepare_ortgenai_pair(BUNDLED / "tiny-chat", BUNDLED / "tiny-draft"), threads)
+    except Exception as exc:  # noqa: BLE001 (a peer that fails is reported, the benchmark goes on)
+        return [{"status": f"failed ({type(exc).__name__}: {exc})"}]
+    ours = edgegen.load("tiny-chat", runtime="onnx")
+    mine = {"edgegen plain": {}} | {f"edgegen {d} γ={n}": {"draft": d, "num_draft": n}
+                                    for d in ("tiny-draft", "prompt-lookup") for n in (4, "auto")}
+    theirs = ("plain", "draft", "ngram")
+    rows = []
+    for kind, prompts in PROMPTS.items():
+        ids = ours.tokenizer.encode_chat([{"role": "user", "content": prompts[0]}])
+        runs: dict[str, list] = {name: [] for name in list(mine) + [f"ort-genai {m}" for m in theirs]}
+        for round_ in range(args.repeats + 1):
+            for name, options in mine.items():
+                g = once(ours, ids, args.tokens, **options)
+                runs[name].append({"decode_tok_s": g.stats.decode_tokens_per_s, "tokens": g.token_ids,
+                                   "acceptance": g.stats.acceptance_rate, "tokens_per_forward": g.stats.tokens_per_forward})
+            for mode in theirs:
+                runs[f"ort-genai {mode}"].append(run(ids, args.tokens, mode))
+        for name, rs in runs.items():
+            rs = rs[1:]  # the warm-up round left out
+            engine = name.split()[0]
+            base = statistics.median(r["decode_tok_s"] for r in runs[f"{engine} plain"][1:])
+            row = {key: statistics.median(r[key] for r in rs) for key in ("decode_tok_s", "acceptance", "tokens_per_forward")}
+            rows.append({"kind": kind, "config": name, **row, "speedup": row["decode_tok_s"] / base,
+                         "equals_its_plain": rs[-1]["tokens"] == runs[f"{engine} plain"][-1]["tokens"],
+                         "equals_edgegen_plain": rs[-1]["tokens"] == runs["edgegen plain"][-1]["tokens"]})
+            log(f"[peer] {kind} {name}: {row['decode_tok_s']:.0f} tok/s, {rows[-1]['speedup']:.2f}× its plain, "
+                f"acceptance {row['acceptance']:.2f}")
+    return rows
+
+
+def peer_table(rows: list[dict]) -> list[tuple[str, ...]]:
+    header = ("prompts", "engine and draft", "acceptance", "tok/forward", "decode tok/s", "× its plain",
+              "equals its plain")
+    return [header] + [(r["kind"], r["config"], f"{r['acceptance']:.2f}", f"{r['tokens_per_forward']:.2f}",
+                        f"{r['decode_tok_s']:.0f}", f"{r['speedup']:.2f}", "yes" if r["equals_its_plain"] else "no")
+                       for r in rows if "config" in r]
+
+
+def print_peers(rows: list[dict]) -> None:
+    table = peer_table(rows)
+    print("\nonnxruntime-genai speculation on the same pair, interleaved with ours (acceptance: ours is accepted / "
+          "drafted, onnxruntime-genai's accepted / judged; tokens per target forward compare alike):")
+    print(plain_table(table) + "\n\n" + plain_markdown(table) if table[1:] else rows)
+
+
 def large(args: argparse.Namespace) -> list[dict]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from _checkpoint import prompt_ids
@@ -236,15 +303,27 @@ def main() -> int:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report: dict = {"settings": settings, "versions": versions(), "tiny": [],
                     "t1": [], "mlx_lm": None, "large": [], "large_cost_model": None}
+    if args.only_peers:  # the peer rows join the results file's other parts, from an earlier run
+        report = json.loads(args.out.read_text()) if args.out.exists() else report
+        report["ort_genai"] = ortgenai_speculation(args)
+        report["ort_genai_settings"] = dict(settings)
+        for r in report["ort_genai"]:
+            r.pop("tokens", None)
+        print_peers(report["ort_genai"])
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        return 0
     for runtime in [r for r in args.runtimes.split(",") if r]:  # --runtimes "" with --large: the 0.5B part alone
         log(f"== tiny-chat on {runtime}")
         report["tiny"] += tiny_chat(runtime, args)
         report["t1"].append(acceptance_at_t1(runtime, args.tokens))
     if "mlx" in args.runtimes:
         report["mlx_lm"] = mlxlm_speculation(args.tokens)
+    if "onnx" in args.runtimes and args.peers:
+        log("== onnxruntime-genai speculation on the same pair")
+        report["ort_genai"] = ortgenai_speculation(args)
     if args.large:
         report["large"], report["large_cost_model"] = large(args)
-    for rows in (report["tiny"], report["large"]):
+    for rows in (report["tiny"], report["large"], report.get("ort_genai", [])):
         for r in rows:
             r.pop("tokens", None)
     if report["tiny"]:
@@ -252,6 +331,8 @@ def main() -> int:
         print("\n" + plain_markdown(summary_table(report["tiny"])))
     print("\nT=1 acceptance per drafted token (same positions):", json.dumps(report["t1"], indent=1))
     print("mlx-lm speculation:", json.dumps(report["mlx_lm"], indent=1))
+    if report.get("ort_genai"):
+        print_peers(report["ort_genai"])
     if report["large"]:
         print("0.5B-shaped:", json.dumps(report["large"], indent=1))
         print("0.5B-shaped cost model:", json.dumps(report["large_cost_model"], indent=1))
