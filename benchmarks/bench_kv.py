@@ -39,6 +39,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--mlx-fill-contexts", default="",
                    help="MLX contexts whose cache is filled with random keys and values instead of a prefill "
                         "(decode speed and memory only: MLX's CPU backend prefills at a few tokens per second)")
+    p.add_argument("--onnx-fill-contexts", default="",
+                   help="ONNX contexts whose cache is filled with random keys and values instead of a prefill "
+                        "(decode speed only, in minutes instead of the 16k prefill's quarter hour per cache)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="onnx,mlx,llamacpp")
@@ -86,13 +89,28 @@ def edgegen_child(folder: Path, kv: str, ids: list[int], args: argparse.Namespac
 
 
 def fill_with_random_kv(session, n: int, chunk: int = 512) -> None:
-    """Write `n` random (keys, values) into an MLX cache through its own write path (quantized
-    caches quantize them as they would a prefill's): the cost of a decode step over a cache does
-    not depend on what it holds. The cache's private `_write` is used: no public API writes raw
-    keys and values, and none should."""
+    """Write `n` random (keys, values) into the cache: the cost of a decode step over a cache does
+    not depend on what it holds. ONNX: random stored values (floats, int8, packed int4 bytes)
+    straight into the buffers GroupQueryAttention reads. MLX: through the cache's own write path
+    (quantized caches quantize them as they would a prefill's); its private `_write` is used: no
+    public API writes raw keys and values, and none should."""
+    cache, model = session.cache, session.model
+    if hasattr(cache, "buffers"):  # ONNX
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        cache.reserve(n)
+        for k, v in cache.buffers:
+            for buf in (k, v):
+                part = buf[:, :, :n]
+                if buf.dtype.kind == "f":
+                    part[...] = rng.standard_normal(part.shape).astype(buf.dtype)
+                else:
+                    part[...] = rng.integers(np.iinfo(buf.dtype).min, np.iinfo(buf.dtype).max, part.shape, buf.dtype)
+        cache.advance(n)
+        return
     import mlx.core as mx
 
-    cache, model = session.cache, session.model
     c = model.config
     for start in range(0, n, chunk):
         length = min(chunk, n - start)
@@ -169,9 +187,11 @@ def main() -> int:
         return 0
     ckpt = ensure_checkpoint_in_child()
     mlx_contexts = ",".join(c for c in (args.mlx_contexts, args.mlx_fill_contexts) if c)
-    plan = {"onnx": (EDGEGEN_KV, args.contexts), "mlx": (EDGEGEN_KV, mlx_contexts),
+    onnx_contexts = ",".join(c for c in (args.contexts, args.onnx_fill_contexts) if c)
+    plan = {"onnx": (EDGEGEN_KV, onnx_contexts), "mlx": (EDGEGEN_KV, mlx_contexts),
             "llamacpp": (LLAMA_KV, args.contexts)}
-    filled = {("mlx", int(c)) for c in args.mlx_fill_contexts.split(",") if c}
+    filled = {(engine, int(c)) for engine, contexts in (("mlx", args.mlx_fill_contexts), ("onnx", args.onnx_fill_contexts))
+              for c in contexts.split(",") if c}
     results = []
     for engine in args.engines.split(","):
         kvs, contexts = plan[engine]
