@@ -243,6 +243,13 @@ def test_a_draft_whose_embedding_misses_tokenizer_ids_is_one_line(checkpoints, c
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_diffusion_llm_as_draft_is_one_line(converted):
+    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "3",
+                                       "--draft", "tiny-chat-bd"])
+    assert result.exit_code == 2 and "is a diffusion LLM" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_generate_json_reports_speculation(converted):
     import json
 

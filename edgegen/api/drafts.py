@@ -55,6 +55,7 @@ class Drafts:
                          **model.load_options)
         else:
             local = Path(source_path(spec)).expanduser()
+            _refuse_diffusion(spec, local)
             if has_tokenizer(local):  # refuse a mismatch before converting anything
                 tokenizer = Tokenizer(local)
                 self._check_vocabulary(spec, tokenizer)
@@ -74,6 +75,25 @@ class Drafts:
         if tokenizer.vocabulary() != self.model.tokenizer.vocabulary():
             raise ConfigError(f"the draft {spec!r} has another tokenizer than the model; a draft must share "
                               "the model's vocabulary (e.g. a smaller model of the same family)")
+
+
+def _refuse_diffusion(spec: str, local: Path) -> None:
+    """A diffusion LLM cannot draft left to right; say so rather than that its tokenizer (with its
+    mask token) differs."""
+    from edgegen.core import registry
+    from edgegen.core.errors import EdgegenError
+
+    config = local / "config.json"
+    if not config.is_file():
+        return
+    try:
+        hf = json.loads(config.read_text(encoding="utf-8"))
+        diffusion = registry.arch_module(hf.get("model_type", "")).parse_config(hf).diffusion
+    except (EdgegenError, ValueError, KeyError, TypeError, AttributeError):
+        return  # not ours to judge here: loading it says what is wrong
+    if diffusion is not None:
+        raise ConfigError(f"the draft {spec!r} is a diffusion LLM; a draft proposes tokens left to right: "
+                          "use an autoregressive model with the same tokenizer, q4, q8 or prompt-lookup")
 
 
 def _check_embedding(spec: str, rows: object, tokenizer: Tokenizer) -> None:
