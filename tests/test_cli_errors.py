@@ -116,3 +116,10 @@ def test_interrupted_convert_leaves_nothing(checkpoints, tmp_path, monkeypatch):
 
 def test_every_user_error_exits_with_code_2():
     assert EdgegenError.exit_code == 2
+
+
+@pytest.mark.parametrize("flags, named", [(["--temp", "-1"], "--temp "), (["--top-p", "2"], "--top-p "),
+                                          (["--kv-group-size", "5"], "--kv-group-size "), (["-m", "0"], "--max-tokens ")])
+def test_option_errors_name_the_flag_the_user_typed(converted, flags, named):
+    result = run("generate", str(converted("qwen2", "onnx")), "-p", "hi", *flags)
+    assert_one_line_error(result, named)

@@ -83,10 +83,21 @@ def split_options(opts: dict[str, Any]):
     """(GenerateOptions, runtime flags) from the parsed options; checked before anything loads."""
     from edgegen.core.options import GenerateOptions
 
+    from edgegen.core.errors import ConfigError
+
     flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
     if opts.get("kv_bits") not in (None, "auto"):
         opts["kv_bits"] = int(opts["kv_bits"])
-    return GenerateOptions.from_kwargs(**opts), flags
+    try:
+        return GenerateOptions.from_kwargs(**opts), flags
+    except ConfigError as exc:  # the options object names its fields; here the user typed flags
+        field, _, rest = str(exc).partition(" ")
+        if field in opts:
+            raise ConfigError(f"{FLAG_NAMES.get(field, '--' + field.replace('_', '-'))} {rest}") from None
+        raise
+
+
+FLAG_NAMES = {"temperature": "--temp"}  # fields whose flag is not the field's own name
 
 
 def load_model(model: str | None, flags: dict[str, Any]):
