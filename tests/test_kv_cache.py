@@ -258,3 +258,10 @@ def test_onnx_step_feeds_bound_once_give_each_forward_its_own_inputs(converted):
     np.testing.assert_allclose(mixed, whole[5:8], atol=1e-4)
     np.testing.assert_allclose(tail, whole[10:12], atol=1e-4)
     assert again.shape == (1, backend.vocab_size)
+    # one-row forwards in a row (each writes the same bound array), across the growth to a new binding
+    long = [int(i) for i in np.random.default_rng(4).integers(3, 300, size=300)]
+    reference = backend.forward(Feed(long, rows=0), backend.new_cache())
+    cache = backend.new_cache()
+    backend.forward(Feed(long[:250]), cache)
+    steps = [backend.forward(Feed([t]), cache) for t in long[250:]]  # past 256 cached tokens: regrown
+    np.testing.assert_allclose(np.concatenate(steps), reference[250:], atol=1e-4)

@@ -243,11 +243,14 @@ def test_a_draft_whose_embedding_misses_tokenizer_ids_is_one_line(checkpoints, c
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_diffusion_llm_as_draft_is_one_line(converted):
-    result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "3",
-                                       "--draft", "tiny-chat-bd"])
-    assert result.exit_code == 2 and "is a diffusion LLM" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_a_diffusion_llm_as_draft_is_one_line(converted, tmp_path):
+    folder = tmp_path / "bd"
+    assert CliRunner().invoke(main, ["convert", "tiny-chat-bd", "-o", str(folder), "--runtime", "onnx"]).exit_code == 0
+    for draft in ("tiny-chat-bd", str(folder)):  # a checkpoint, and a converted folder
+        result = CliRunner().invoke(main, ["generate", str(converted("qwen2", "onnx")), "-p", "hi", "-m", "3",
+                                           "--draft", draft])
+        assert result.exit_code == 2 and "is a diffusion LLM" in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_generate_json_reports_speculation(converted):
@@ -381,7 +384,8 @@ def test_the_cost_line_runs_through_draft_lengths_only():
     assert policy._costs()[2] == pytest.approx(1.5) and policy._costs()[8] == pytest.approx(2.1)
 
 
-@pytest.mark.parametrize("maximum, first, second", [(8, 1, 4), (8, 8, 5), (2, 1, 2), (3, 2, 1)])
+@pytest.mark.parametrize("maximum, first, second", [(8, 1, 4), (8, 8, 5), (2, 1, 2), (3, 2, 3), (3, 1, 3),
+                                                    (4, 2, 4), (5, 3, 5)])
 def test_the_second_measured_length_lies_apart_from_the_first(maximum, first, second):
     policy = DraftLength(None, maximum=maximum)
     policy.observe(first, first, 1.0)
@@ -530,4 +534,15 @@ def test_auto_keeps_what_it_learned_across_calls(converted):
     assert not policy._warmup and policy.samples  # the second call started warm
     model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", kv_bits=8)
     model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", num_draft=2)
-    assert len(model._drafts.policies) == 2  # another cache precision learns for itself; a fixed γ keeps nothing
+    model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", temperature=0.8)
+    model.generate("The number 7", max_tokens=4, ignore_eos=True, draft="q8", temperature=0.8, seed=1)
+    # another cache precision, and sampling, learn for themselves; a fixed γ and seeded sampling keep nothing
+    assert len(model._drafts.policies) == 3
+
+
+def test_a_draft_with_a_shorter_context_stops_drafting_where_it_ends():
+    target = FakeModel(vocab_size=16, sharpness=1.0, context_length=64)
+    draft = FakeModel(vocab_size=16, sharpness=1.0, context_length=16, seed=1)
+    for prompt in ([1, 2, 3, 1, 2, 3, 4], list(range(1, 15)) + [1, 2, 3, 4, 5, 6]):  # shorter and longer than 16
+        for gamma in (4, None):
+            assert spec(target, ModelDrafter(draft, "short"), prompt, 30, gamma) == plain(target, prompt, 30)

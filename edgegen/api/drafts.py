@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import Manifest
-from edgegen.core.options import SpeculativeOptions
+from edgegen.core.options import SamplingParams, SpeculativeOptions
 from edgegen.core.protocols import KVSpec
 from edgegen.decoding.draft_length import DraftLength
 from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
@@ -26,16 +26,18 @@ class Drafts:
     def __init__(self, model: "Model"):
         self.model = model
         self.cache: dict[tuple, object] = {}
-        self.policies: dict[tuple, DraftLength] = {}  # (draft, kv, max_draft) -> what `auto` learned
+        self.policies: dict[tuple, DraftLength] = {}  # (draft, kv, max_draft, greedy) -> what `auto` learned
 
-    def draft_length(self, spec: SpeculativeOptions, kv: KVSpec | None, seeded: bool) -> DraftLength:
+    def draft_length(self, spec: SpeculativeOptions, kv: KVSpec | None, sampling: SamplingParams) -> DraftLength:
         """The draft-length policy for one generation. `auto` keeps what it learned (iteration
-        costs, acceptance rates) per draft and cache precision across calls, so that a chat's
-        later turns and a server's later requests start where the last reply left off rather than
-        warming up and probing again every time."""
+        costs, acceptance rates) per draft, cache precision and greedy-or-sampling (their
+        acceptance differs most) across calls, so that a chat's later turns and a server's later
+        requests start where the last reply left off rather than warming up and probing again."""
+        seeded = sampling.seed is not None and not sampling.greedy
         if spec.num_draft != "auto" or seeded:
             return DraftLength.for_options(spec.num_draft, spec.max_draft, seeded)
-        return self.policies.setdefault((spec.draft, kv, spec.max_draft), DraftLength(None, spec.max_draft))
+        key = (spec.draft, kv, spec.max_draft, sampling.greedy)
+        return self.policies.setdefault(key, DraftLength(None, spec.max_draft))
 
     def get(self, spec: str, kv: KVSpec | None):
         key = (spec, kv)
@@ -67,6 +69,8 @@ class Drafts:
             draft = load(spec, runtime=model.manifest.runtime, _draft=True, **model.load_options)
         if not hasattr(draft, "tokenizer"):
             raise ConfigError(f"the draft {spec!r} is not a language model")
+        if draft.manifest.family == "dllm":  # a converted folder or a hub id: known only now
+            raise ConfigError(_DIFFUSION.format(spec=spec))
         self._check_vocabulary(spec, draft.tokenizer)
         _check_embedding(spec, draft.backend.vocab_size, draft.tokenizer)
         return ModelDrafter(draft.backend, spec, kv)
@@ -83,17 +87,23 @@ def _refuse_diffusion(spec: str, local: Path) -> None:
     from edgegen.core import registry
     from edgegen.core.errors import EdgegenError
 
-    config = local / "config.json"
-    if not config.is_file():
-        return
+    config, manifest = local / "config.json", local / "edgegen.json"
     try:
-        hf = json.loads(config.read_text(encoding="utf-8"))
-        diffusion = registry.arch_module(hf.get("model_type", "")).parse_config(hf).diffusion
+        if manifest.is_file():  # a converted folder
+            diffusion = json.loads(manifest.read_text(encoding="utf-8")).get("family") == "dllm"
+        elif config.is_file():
+            hf = json.loads(config.read_text(encoding="utf-8"))
+            diffusion = registry.arch_module(hf.get("model_type", "")).parse_config(hf).diffusion is not None
+        else:
+            return
     except (EdgegenError, ValueError, KeyError, TypeError, AttributeError):
         return  # not ours to judge here: loading it says what is wrong
-    if diffusion is not None:
-        raise ConfigError(f"the draft {spec!r} is a diffusion LLM; a draft proposes tokens left to right: "
-                          "use an autoregressive model with the same tokenizer, q4, q8 or prompt-lookup")
+    if diffusion:
+        raise ConfigError(_DIFFUSION.format(spec=spec))
+
+
+_DIFFUSION = ("the draft {spec!r} is a diffusion LLM; a draft proposes tokens left to right: use an autoregressive "
+              "model with the same tokenizer, q4, q8 or prompt-lookup")
 
 
 def _check_embedding(spec: str, rows: object, tokenizer: Tokenizer) -> None:

@@ -221,8 +221,7 @@ class Model:
         if spec.draft is None:
             return generate(self.session, ids, sampler, **common)
         drafter = self._drafts.get(spec.draft, kv)
-        seeded = options.sampling.seed is not None and not options.sampling.greedy
-        draft_length = self._drafts.draft_length(spec, kv, seeded)
+        draft_length = self._drafts.draft_length(spec, kv, options.sampling)
         return speculative.generate(self.session, drafter, ids, sampler, draft_length=draft_length, **common)
 
     def _diffusion_plan(self, options: GenerateOptions):

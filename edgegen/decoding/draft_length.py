@@ -146,8 +146,11 @@ class DraftLength:
         measured = [g for g in self.samples if g > 0]
         if len(measured) == 1 and self.maximum > 1 and abs(gamma - measured[0]) < SPAN:
             first = measured[0]
-            target = first + SPAN if first + SPAN <= self.maximum else first - SPAN
-            return min((g for g in range(1, self.maximum + 1) if g != first), key=lambda g: abs(g - target))
+            if first + SPAN <= self.maximum:
+                return first + SPAN
+            if first - SPAN >= 1:
+                return first - SPAN
+            return max((g for g in range(1, self.maximum + 1) if g != first), key=lambda g: (abs(g - first), g))
         return gamma
 
     def observe(self, drafted: int, accepted: int, seconds: float | None, overhead: float = 0.0) -> None:

@@ -56,7 +56,10 @@ class ModelDrafter:
         self._per_token: float | None = None  # seconds per token of the last long catch-up or prefill
 
     def prepare(self, prompt: Sequence[int]) -> None:
-        """The draft's own prefill of the prompt (reusing what its cache already holds)."""
+        """The draft's own prefill of the prompt (reusing what its cache already holds); nothing
+        when the prompt does not fit the draft's context (it then proposes nothing)."""
+        if len(prompt) >= self.model.context_length:
+            return
         t0 = time.perf_counter()
         _, ran = self.session.prefill(list(prompt))
         if ran > 2:
@@ -71,6 +74,8 @@ class ModelDrafter:
         """γ draft forwards in the steady state: one catches up on the 1-2 tokens the target
         decided (and gives the first draft), γ − 1 extend the draft. After a pause the catch-up
         runs more tokens; what that costs beyond a steady step is reported as `overhead`."""
+        if len(history) >= self.model.context_length:  # past the draft's own context: no draft
+            return Proposal([], None)
         if self._for is not sampler:  # the draft samples with the target's settings, from its own stream
             seed = None if sampler.params.seed is None else sampler.params.seed + 1
             self.sampler, self._for = Sampler(dataclasses.replace(sampler.params, seed=seed)), sampler

@@ -15,6 +15,9 @@ from typing import Sequence
 import numpy as np
 
 
+KEEP = 16  # feeds of at most this many tokens, and logits of at most this many rows, keep their arrays
+
+
 class StepFeeds:
     def __init__(self, binding, ort, hidden: int, vocab: int):
         self.binding, self.ort, self.vocab = binding, ort, vocab
@@ -34,13 +37,18 @@ class StepFeeds:
         self.binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array))
 
     def set(self, tokens: Sequence[int], total: int, rows: int, embeds: np.ndarray | None) -> np.ndarray:
-        """Write one forward's inputs; returns the array its logits (1, rows, vocab) will fill."""
+        """Write one forward's inputs; returns the array its logits (1, rows, vocab) will fill.
+        Only short feeds keep their arrays (steps and verifications, where binding costs count); a
+        long one (a prefill chunk, all rows of a long text) binds arrays of its own, so that the
+        cache does not hold a logits array per long length for its lifetime."""
         n = len(tokens)
         ids = self._ids.get(n)
         if ids is None:
-            ids = self._ids[n] = np.zeros((1, n), np.int64)
+            ids = np.zeros((1, n), np.int64)
+            if n <= KEEP:
+                self._ids[n] = ids
         ids[0] = tokens
-        if self._bound_ids != n:
+        if self._bound_ids != n or n > KEEP:
             self._bind_input("input_ids", ids)
             self._bound_ids = n
         if embeds is not None:  # given embeddings: a rare feed, bound as it comes
@@ -54,8 +62,10 @@ class StepFeeds:
         self.keep[0] = rows
         logits = self._logits.get(rows)
         if logits is None:
-            logits = self._logits[rows] = np.zeros((1, rows, self.vocab), np.float32)
-        if self._bound_rows != rows:
+            logits = np.zeros((1, rows, self.vocab), np.float32)
+            if rows <= KEEP:
+                self._logits[rows] = logits
+        if self._bound_rows != rows or rows > KEEP:
             self.binding.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(logits))
             self._bound_rows = rows
         return logits
