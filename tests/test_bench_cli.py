@@ -43,3 +43,15 @@ def test_bench_refuses_bad_lists_in_one_line():
         assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--prompt-tokens" in result.stderr
     result = CliRunner().invoke(main, ["bench", "--max-tokens", "3"])
     assert result.exit_code == 2 and "No such option" in result.stderr
+
+
+def test_bench_says_which_strategy_it_measured():
+    result = CliRunner().invoke(main, ["bench", "--prompt-tokens", "16", "--gen-tokens", "8", "--repeats", "1",
+                                       "--draft", "prompt-lookup", "--num-draft", "3", "--kv-bits", "8"])
+    assert result.exit_code == 0, result.output
+    head, _, row = result.stdout.splitlines()[:3]
+    assert "strategy" in head and "tok/fwd" in head
+    assert "draft prompt-lookup γ 3, kv 8" in row
+    plain = json.loads(CliRunner().invoke(main, ["bench", "--prompt-tokens", "8", "--gen-tokens", "4",
+                                                 "--repeats", "1", "--json"]).stdout)
+    assert plain[0]["strategy"] == "plain" and plain[0]["tokens_per_forward"] == 1.0

@@ -65,6 +65,9 @@ def bench(model: str | None, prompt_tokens: list[int], gen_tokens: list[int], re
                 continue
             bar.set_postfix_str(f"prompt {p}, gen {g}")
             rows.append(_row(llm, model, p, g, _measure(llm, options, p, g, repeats, bar.update)))
+    label = _strategy(llm, options)
+    for row in rows:
+        row["strategy"] = label
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -105,7 +108,21 @@ def _row(llm: Any, name: str | None, prompt_len: int, gen: int, runs: list, skip
         return {**row, "skipped": skipped}
     return {**row, "prefill_tokens_per_s": _spread([s.prefill_tokens_per_s for s in runs]),
             "decode_tokens_per_s": _spread([s.decode_tokens_per_s for s in runs]),
+            "tokens_per_forward": round(statistics.fmean(s.tokens_per_forward for s in runs), 3),
             "peak_memory_mb": round(max(s.peak_memory_mb for s in runs), 1)}
+
+
+def _strategy(llm: Any, options: Any) -> str:
+    """What the rows measured beyond plain decoding over the float cache: "plain", or e.g.
+    "draft q4 γ auto, kv 8", "block diffusion"."""
+    parts = []
+    if llm.manifest.family == "dllm":
+        parts.append("block diffusion")
+    elif options.speculative.draft is not None:
+        parts.append(f"draft {options.speculative.draft} γ {options.speculative.num_draft}")
+    if options.kv.kv_bits is not None:
+        parts.append(f"kv {options.kv.kv_bits}")
+    return ", ".join(parts) or "plain"
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -114,8 +131,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
     body = [[r["model"], r["runtime"], r["quantization"], str(r["prompt_tokens"]), str(r["gen_tokens"])]
             + [f"{r[k]['mean']:.1f} ± {r[k]['std']:.1f}" for k in ("prefill_tokens_per_s", "decode_tokens_per_s")]
             + [f"{r['peak_memory_mb']:.0f}"] for r in rows if "skipped" not in r]
+    if any(r.get("strategy", "plain") != "plain" for r in rows):  # say what was measured, and what it gave
+        head[3:3], head[-1:-1] = ["strategy"], ["tok/fwd"]
+        measured = [r for r in rows if "skipped" not in r]
+        for line, r in zip(body, measured):
+            line[3:3], line[-1:-1] = [r["strategy"]], [f"{r['tokens_per_forward']:.2f}"]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
-    right = range(3, len(head))
+    right = range(head.index("prompt"), len(head))  # the numbers
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
