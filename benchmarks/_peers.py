@@ -74,50 +74,52 @@ def open_ortgenai(path: Path, threads: int) -> Runner:
 
 
 def prepare_ortgenai_pair(target: Path, draft: Path) -> Path:
-    """Two folders: `plain/`, the target's fp32 build, and `draft/`, the same plus the draft's build
-    (`draft.onnx`) as `model.draft`, the layout ORT GenAI's draft-model speculative decoding reads
-    (its docs/speculative_decoding.md). EOS is set to the padding id in both (an id past the
-    vocabulary is refused): runs end at max_length, as ours ignore EOS (its `min_length` would
-    also hold speculation off)."""
+    """Three folders: `plain/`, the target's fp32 build; `draft/`, the same plus the draft's fp32
+    build (`draft.onnx`) as `model.draft`, the layout ORT GenAI's draft-model speculative decoding
+    reads (its docs/speculative_decoding.md); `q4/`, the same with the target's own int4 build as
+    the draft (what our `--draft q4` does). EOS is set to the padding id (an id past the vocabulary
+    is refused): runs end at max_length, as ours ignore EOS (its `min_length` would also hold
+    speculation off)."""
     built = prepare_ortgenai(target, "fp32", f"ort-genai-{target.name}-fp32")
-    drafted = prepare_ortgenai(draft, "fp32", f"ort-genai-{draft.name}-draft-fp32", ("filename=draft.onnx",))
+    drafts = {"draft": prepare_ortgenai(draft, "fp32", f"ort-genai-{draft.name}-draft-fp32", ("filename=draft.onnx",)),
+              "q4": prepare_ortgenai(target, "int4", f"ort-genai-{target.name}-draft-int4", ("filename=draft.onnx",))}
 
     def build(out: Path) -> None:
-        for kind in ("plain", "draft"):
+        for kind in ("plain", *drafts):
             folder = out / kind
             folder.mkdir(parents=True)
-            extra = [drafted / "draft.onnx", drafted / "draft.onnx.data"] if kind == "draft" else []
+            extra = [drafts[kind] / "draft.onnx", drafts[kind] / "draft.onnx.data"] if kind in drafts else []
             for src in list(built.iterdir()) + extra:
                 if src.is_file() and not src.name.startswith("."):
                     shutil.copy2(src, folder / src.name)
             config = json.loads((built / "genai_config.json").read_text())
-            if kind == "draft":
-                config["model"]["draft"] = json.loads((drafted / "genai_config.json").read_text())["model"]["decoder"]
+            if kind in drafts:
+                config["model"]["draft"] = json.loads((drafts[kind] / "genai_config.json").read_text())["model"]["decoder"]
             model = config["model"]
             model["eos_token_id"] = [model.get("pad_token_id", model["vocab_size"] - 1)]  # never written
             (folder / "genai_config.json").write_text(json.dumps(config, indent=1))
 
     return cached_build(f"ort-genai-{target.name}+{draft.name}", target, build,
-                        package_key("onnxruntime-genai", "onnxruntime") + f" draft={draft} eos=pad")
+                        package_key("onnxruntime-genai", "onnxruntime") + f" draft={draft} eos=pad q4")
 
 
 def open_ortgenai_speculation(path: Path, threads: int):
-    """`run(prompt, new_tokens, mode)` with mode "plain", "draft" (the draft model, K = 4) or
-    "ngram" (its n-gram lookup, n = 3, K = 4): decode tok/s, tokens, its acceptance rate and
-    tokens per target forward."""
+    """`run(prompt, new_tokens, mode)` with mode "plain", "draft" (the draft model, K = 4), "q4"
+    (the target's int4 build as the draft, K = 4) or "ngram" (its n-gram lookup, n = 3, K = 4):
+    decode tok/s, tokens, its acceptance rate and tokens per target forward."""
     import time
 
     import onnxruntime_genai as og
 
     options = {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
     models = {}
-    for kind in ("plain", "draft"):
+    for kind in ("plain", "draft", "q4"):
         config = og.Config(str(path / kind))
-        config.overlay(json.dumps({"model": {"decoder": options, **({"draft": options} if kind == "draft" else {})}}))
+        config.overlay(json.dumps({"model": {"decoder": options, **({"draft": options} if kind != "plain" else {})}}))
         models[kind] = og.Model(config)
 
     def run(prompt: list[int], new_tokens: int, mode: str) -> dict:
-        model = models["draft" if mode == "draft" else "plain"]
+        model = models[mode if mode in models else "plain"]
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
         if mode != "plain":

@@ -14,9 +14,10 @@
    weights have flat logits, so the q4 copy's proposals are rarely the target's argmax; the same
    part therefore also measures the costs (a q4 draft step, verification of γ + 1 tokens) and
    prints the speedup they give at acceptance rates a trained model has.
-4. onnxruntime-genai's own speculation on the same pair (its draft-model decoding with tiny-draft,
-   K = 4, and its n-gram lookup), fp32 like ours, interleaved with our plain decoding, tiny-draft
-   and prompt lookup (`--only-peers`: this part alone, merged into the results file).
+4. onnxruntime-genai's own speculation on the same pairs (its draft-model decoding with tiny-draft
+   or with its own int4 build of tiny-chat, K = 4, and its n-gram lookup), fp32 like ours,
+   interleaved with our plain decoding, tiny-draft, q4 self-draft and prompt lookup
+   (`--only-peers`: this part alone, merged into the results file).
 Every speculative run's tokens are checked against plain decoding (greedy is lossless).
 """
 
@@ -157,9 +158,9 @@ def mlxlm_speculation(tokens: int) -> dict:
 
 def ortgenai_speculation(args: argparse.Namespace) -> list[dict]:
     """onnxruntime-genai's own speculation on the same pair, fp32 like our ONNX tiny-chat: its draft
-    model (tiny-draft, K = 4) and its n-gram lookup (n = 3, K = 4), against its plain decoding and
-    ours, interleaved in rounds with our tiny-draft and prompt lookup (γ = 4 and auto), one prompt
-    of each kind."""
+    model (tiny-draft, K = 4), its int4 build of tiny-chat as the draft (K = 4) and its n-gram lookup
+    (n = 3, K = 4), against its plain decoding and ours, interleaved in rounds with our tiny-draft,
+    q4 self-draft and prompt lookup (γ = 4 and auto), one prompt of each kind."""
     import os
 
     try:
@@ -175,8 +176,8 @@ def ortgenai_speculation(args: argparse.Namespace) -> list[dict]:
         return [{"status": f"failed ({type(exc).__name__}: {exc})"}]
     ours = edgegen.load("tiny-chat", runtime="onnx")
     mine = {"edgegen plain": {}} | {f"edgegen {d} γ={n}": {"draft": d, "num_draft": n}
-                                    for d in ("tiny-draft", "prompt-lookup") for n in (4, "auto")}
-    theirs = ("plain", "draft", "ngram")
+                                    for d in ("tiny-draft", "q4", "prompt-lookup") for n in (4, "auto")}
+    theirs = ("plain", "draft", "q4", "ngram")
     rows = []
     for kind, prompts in PROMPTS.items():
         ids = ours.tokenizer.encode_chat([{"role": "user", "content": prompts[0]}])
