@@ -57,13 +57,12 @@ class Drafts:
                          **model.load_options)
         else:
             local = Path(source_path(spec)).expanduser()
-            _refuse_diffusion(spec, local)
+            hf = _read_json(local / "config.json")
+            _refuse_diffusion(spec, hf, _read_json(local / "edgegen.json"))
             if has_tokenizer(local):  # refuse a mismatch before converting anything
                 tokenizer = Tokenizer(local)
                 self._check_vocabulary(spec, tokenizer)
-                if (local / "config.json").is_file():
-                    rows = json.loads((local / "config.json").read_text(encoding="utf-8")).get("vocab_size")
-                    _check_embedding(spec, rows, tokenizer)
+                _check_embedding(spec, (hf or {}).get("vocab_size"), tokenizer)
             from edgegen.api.model import load
 
             draft = load(spec, runtime=model.manifest.runtime, _draft=True, **model.load_options)
@@ -81,23 +80,31 @@ class Drafts:
                               "the model's vocabulary (e.g. a smaller model of the same family)")
 
 
-def _refuse_diffusion(spec: str, local: Path) -> None:
+def _read_json(path: Path) -> dict | None:
+    """A small JSON file of a local draft source, or None where there is none (or it is no JSON
+    object: loading the draft then says what is wrong)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _refuse_diffusion(spec: str, hf: dict | None, manifest: dict | None) -> None:
     """A diffusion LLM cannot draft left to right; say so rather than that its tokenizer (with its
-    mask token) differs."""
+    mask token) differs. `manifest`: a converted folder's; `hf`: a checkpoint's config.json."""
     from edgegen.core import registry
     from edgegen.core.errors import EdgegenError
 
-    config, manifest = local / "config.json", local / "edgegen.json"
-    try:
-        if manifest.is_file():  # a converted folder
-            diffusion = json.loads(manifest.read_text(encoding="utf-8")).get("family") == "dllm"
-        elif config.is_file():
-            hf = json.loads(config.read_text(encoding="utf-8"))
+    if manifest is not None:
+        diffusion = manifest.get("family") == "dllm"
+    elif hf is not None:
+        try:
             diffusion = registry.arch_module(hf.get("model_type", "")).parse_config(hf).diffusion is not None
-        else:
-            return
-    except (EdgegenError, ValueError, KeyError, TypeError, AttributeError):
-        return  # not ours to judge here: loading it says what is wrong
+        except (EdgegenError, ValueError, KeyError, TypeError, AttributeError):
+            return  # not ours to judge here: loading it says what is wrong
+    else:
+        return
     if diffusion:
         raise ConfigError(_DIFFUSION.format(spec=spec))
 
@@ -108,7 +115,7 @@ _DIFFUSION = ("the draft {spec!r} is a diffusion LLM; a draft proposes tokens le
 
 def _check_embedding(spec: str, rows: object, tokenizer: Tokenizer) -> None:
     """A draft must embed every id its tokenizer has: the model writes them, the draft reads them."""
-    ids = max(tokenizer.vocabulary().values(), default=-1) + 1
+    ids = tokenizer.vocab_size
     if isinstance(rows, int) and rows < ids:
         raise ConfigError(f"the draft {spec!r} embeds {rows} token ids but its tokenizer has {ids}: it could not "
                           "read every token the model writes; use a draft whose vocabulary covers its tokenizer")

@@ -81,9 +81,8 @@ DRAFT_COUNT = _DraftCount()
 
 def split_options(opts: dict[str, Any]):
     """(GenerateOptions, runtime flags) from the parsed options; checked before anything loads."""
-    from edgegen.core.options import GenerateOptions
-
     from edgegen.core.errors import ConfigError
+    from edgegen.core.options import GenerateOptions
 
     flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
     if opts.get("kv_bits") not in (None, "auto"):

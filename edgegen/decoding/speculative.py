@@ -51,8 +51,9 @@ def generate(session: Session, drafter: Drafter, prompt: Sequence[int], sampler:
     while True:
         for i, token in enumerate(pending):
             if not out.accept(token):
-                stats.forwards -= i == 0  # a forward that decided only the stop id yields nothing: plain
-                return  # decoding does not count it either
+                if i == 0:  # the forward that decided only the stop id yielded nothing: plain
+                    stats.forwards -= 1  # decoding does not count it either
+                return
             yield token
             if out.done():
                 return
