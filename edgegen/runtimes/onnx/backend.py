@@ -39,8 +39,9 @@ class OnnxLanguageModel:
         self.context_length = manifest.context_length
         self.description = f"ONNX Runtime ({self.provider})"
         self.block_graph = manifest.family == "dllm"  # causal=0 GQA with attention_bias and position_ids
-        # a causal graph runs one-token steps with each KV head's query heads as rows, and writes
-        # the new key and value once per row (converters/onnx/grouped_decode.py)
+        # a causal graph may run one-token steps with each KV head's query heads as rows, writing
+        # the new key and value once per row (converters/onnx/grouped_decode.py, only where that
+        # pays): room for those rows is kept either way, a few rows graphs without it never touch
         group = self.config.num_attention_heads // self.config.num_key_value_heads
         self._spare_rows = 0 if self.block_graph else group - 1
         if self.block_graph:

@@ -41,11 +41,7 @@ class StepFeeds:
         long one (a prefill chunk, all rows of a long text) binds arrays of its own, so that the
         cache does not hold a logits array per long length for its lifetime."""
         n = len(tokens)
-        ids = self._ids.get(n)
-        if ids is None:
-            ids = np.zeros((1, n), np.int64)
-            if n <= KEEP:
-                self._ids[n] = ids
+        ids = _kept(self._ids, n, (1, n), np.int64)
         ids[0] = tokens
         if self._bound_ids != n or n > KEEP:
             self._bind_input("input_ids", ids)
@@ -59,12 +55,18 @@ class StepFeeds:
         self.seqlens[0] = total - 1
         self.total[...] = total
         self.keep[0] = rows
-        logits = self._logits.get(rows)
-        if logits is None:
-            logits = np.zeros((1, rows, self.vocab), np.float32)
-            if rows <= KEEP:
-                self._logits[rows] = logits
+        logits = _kept(self._logits, rows, (1, rows, self.vocab), np.float32)
         if self._bound_rows != rows or rows > KEEP:
             self.binding.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(logits))
             self._bound_rows = rows
         return logits
+
+
+def _kept(store: dict[int, np.ndarray], size: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array kept for `size`, or a new one (kept too when `size` is at most `KEEP`)."""
+    array = store.get(size)
+    if array is None:
+        array = np.zeros(shape, dtype)
+        if size <= KEEP:
+            store[size] = array
+    return array
