@@ -11,12 +11,14 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from edgegen.core.errors import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja", "chat_template.json", "generation_config.json")
+STREAM_CHUNK = 1 << 16  # characters `encode_stream` encodes at a time
+_LOOKAHEAD = 256  # characters kept after a cut, so the boundary test sees what follows
 
 
 def _read_text(path: Path) -> str:
@@ -135,6 +137,65 @@ class Tokenizer:
     def encode_chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> list[int]:
         # A rendered template already carries its special tokens (transformers does the same).
         return self.encode(self.apply_chat_template(messages, **kwargs), add_special_tokens=False)
+
+    def encode_stream(self, pieces: Iterable[str], *, add_special_tokens: bool = True,
+                      chunk_chars: int = STREAM_CHUNK) -> Iterator[int]:
+        """The ids of the concatenated `pieces`, one at a time (see `encode_chunks`)."""
+        for ids in self.encode_chunks(pieces, add_special_tokens=add_special_tokens, chunk_chars=chunk_chars):
+            yield from ids
+
+    def encode_chunks(self, pieces: Iterable[str], *, add_special_tokens: bool = True,
+                      chunk_chars: int = STREAM_CHUNK) -> Iterator[list[int]]:
+        """The ids of the concatenated `pieces`, encoded about `chunk_chars` characters at a time, so
+        that memory follows the chunk, not the text. Chunks end where tokenizers do not merge across
+        (after a line break before a visible character, else before a space between words) and are
+        encoded behind the end of the previous chunk as left context, whose own tokens are dropped;
+        the ids equal `encode` of the whole text, except where a text has no such boundary for
+        `chunk_chars` characters (there a chunk ends mid-run, as it must to stay bounded)."""
+        pending, context, first = "", "", True
+        for piece in pieces:
+            pending += piece
+            while len(pending) >= chunk_chars + _LOOKAHEAD:
+                cut = _cut_point(pending, chunk_chars)
+                yield self._encode_after(context, pending[:cut], add_special_tokens if first else False)
+                context, pending, first = _context_tail(pending[:cut]), pending[cut:], False
+        if pending or first:
+            yield self._encode_after(context, pending, add_special_tokens if first else False)
+
+    def _encode_after(self, context: str, text: str, special: bool) -> list[int]:
+        if not context:
+            return self.encode(text, add_special_tokens=special)
+        before = self.encode(context, add_special_tokens=False)
+        both = self.encode(context + text, add_special_tokens=False)
+        same = next((i for i, (a, b) in enumerate(zip(before, both)) if a != b), min(len(before), len(both)))
+        return both[same:]
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """Where to end a chunk of `text` (at most `limit` characters, at least half of it): after a
+    line break that a visible character follows, else before a space between two words, else
+    at `limit`."""
+    low = limit // 2
+    at = text.rfind("\n", low, limit - 1)
+    while at >= low:
+        if not text[at + 1].isspace():
+            return at + 1
+        at = text.rfind("\n", low, at)
+    at = text.rfind(" ", low, limit - 1)
+    while at > low:
+        if not text[at - 1].isspace() and not text[at + 1].isspace():
+            return at
+        at = text.rfind(" ", low, at)
+    return limit
+
+
+def _context_tail(text: str, size: int = 128) -> str:
+    """The end of an encoded chunk, from a boundary of the same kind, as left context for the next."""
+    start = len(text) - size
+    if start <= 0:
+        return text
+    cut = _cut_point(text[start:], size)
+    return text[start + cut:] if cut < size else ""
 
 
 def _compile_template(source: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
+from edgegen.models import BUNDLED
 from edgegen.tokenizer import StreamDecoder, Tokenizer
 
 TEXTS = ["Hello, world!", "  leading spaces and\ttabs\n\nnew lines", "Ünïcödé — ☃ 日本語 🙂",
@@ -98,3 +99,20 @@ def test_sentencepiece_chat_prompt_matches_transformers(sentencepiece_folder):
     messages = MESSAGES[1:]
     assert ours.encode_chat(messages) == theirs.apply_chat_template(messages, add_generation_prompt=True,
                                                                     tokenize=True, return_dict=False)
+
+
+STREAM_TEXT = ("def f(x):\n    return x  *  2\n\n\nThe json module — «encodes» Python objects.  Twice  spaced.\n"
+               "<|im_start|>user\nhi<|im_end|>\n" "naïve 日本語テキスト\ttab\r\nwindows line\n") * 40
+
+
+@pytest.mark.parametrize("chunk", [40, 150, 1000])
+@pytest.mark.parametrize("kind", ["tokenizer.json", "tokenizer.model"])
+def test_encoding_in_chunks_equals_encoding_the_whole_text(sentencepiece_folder, kind, chunk):
+    """What `perplexity` and `ngram build` stream: chunked ids equal the whole text's, BOS once."""
+    tok = Tokenizer(sentencepiece_folder if kind == "tokenizer.model" else BUNDLED / "tiny-chat")
+    pieces = [STREAM_TEXT[i:i + 97] for i in range(0, len(STREAM_TEXT), 97)]
+    for special in (True, False):
+        chunks = list(tok.encode_chunks(pieces, add_special_tokens=special, chunk_chars=chunk))
+        assert len(chunks) > 3
+        assert [i for c in chunks for i in c] == tok.encode(STREAM_TEXT, add_special_tokens=special)
+    assert list(tok.encode_stream([])) == tok.encode("")

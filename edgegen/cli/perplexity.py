@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import click
 
@@ -33,20 +34,25 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
     from edgegen.api import peak_rss_mb
     from edgegen.cli.generate import load_model
     from edgegen.core.errors import ConfigError
+    from edgegen.core.memory import check_fits
     from edgegen.core.options import GenerateOptions
     from edgegen.decoding.perplexity import perplexity as measure
 
     options = GenerateOptions.from_kwargs(kv_bits=int(kv_bits) if kv_bits not in (None, "auto") else kv_bits,
                                           kv_group_size=kv_group_size)
-    text = _read(text_file)
+    if max_tokens is not None and max_tokens < 2:
+        raise ConfigError("--max-tokens must be at least 2")
+    pieces = _pieces(text_file)
     llm = load_model(model, flags)
-    ids = [i for i in llm.tokenizer.encode(text) if i < llm.backend.vocab_size]
-    if max_tokens is not None:
-        if max_tokens < 2:
-            raise ConfigError("--max-tokens must be at least 2")
-        ids = ids[:max_tokens]
     kv = llm.kv_spec(options)
-    with tqdm(total=max(len(ids) - 1, 0), desc="perplexity", unit="tok", leave=False, disable=None) as bar:
+    window = llm.backend.context_length if context is None else max(min(context, llm.backend.context_length), 0)
+    check_fits(int(window * llm.kv_bytes_per_token(kv)), f"a KV cache of {window:,} tokens",
+               "give a smaller --context or a lower --kv-bits")
+    vocab = llm.backend.vocab_size
+    ids = (i for i in llm.tokenizer.encode_stream(pieces) if i < vocab)  # read and tokenized as scored
+    ids = ids if max_tokens is None else itertools.islice(ids, max_tokens)
+    with tqdm(total=None if max_tokens is None else max_tokens - 1, desc="perplexity", unit="tok", leave=False,
+              disable=None) as bar:
         result = measure(llm.backend, ids, kv=kv, context=context, on_token=bar.update)
     report = {"perplexity": round(result.perplexity, 4), "stderr": round(result.stderr, 4), "tokens": result.tokens,
               "kv_bits": None if kv is None else kv.bits, "kv_bytes_per_token": _whole(llm.kv_bytes_per_token(kv)),
@@ -64,17 +70,12 @@ def _whole(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def _read(path: Path | None) -> str:
+def _pieces(path: Path | None) -> Iterable[str]:
+    """The text to score as a stream of pieces: a file (or pipe) is read only as far as scoring goes."""
     from edgegen.core.data import HELDOUT, bundled_text
-    from edgegen.core.errors import ConfigError
+    from edgegen.core.text_stream import read_pieces
 
     if path is None:
-        return bundled_text(HELDOUT)
-    try:
-        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no text
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; give a UTF-8 text file with --text") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read ({exc.strerror})") from None
+        return [bundled_text(HELDOUT)]
+    pieces = read_pieces(path)
+    return itertools.chain([next(pieces, "")], pieces)  # a missing or unreadable file fails here, before loading

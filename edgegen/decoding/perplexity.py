@@ -4,8 +4,9 @@ cache (a quantized cache included) exactly as decoding does; one big forward wou
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -18,38 +19,46 @@ class PerplexityResult:
     perplexity: float
     stderr: float  # standard error of the perplexity (delta method over per-token NLL)
     tokens: int  # tokens scored
-    nll: np.ndarray  # per-token negative log-likelihood, natural log
-
-    @property
-    def mean_nll(self) -> float:
-        return float(self.nll.mean())
+    mean_nll: float  # mean per-token negative log-likelihood, natural log
 
 
-def perplexity(model: LanguageModel, ids: Sequence[int], *, kv: KVSpec | None = None, context: int | None = None,
+class _Running:
+    """Mean and variance of a stream (Welford), so scoring keeps no per-token array."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: float) -> None:
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
+    def result(self) -> PerplexityResult:
+        se = math.sqrt(self.m2 / (self.count - 1) / self.count) if self.count > 1 else 0.0
+        return PerplexityResult(math.exp(self.mean), math.exp(self.mean) * se, self.count, self.mean)
+
+
+def perplexity(model: LanguageModel, ids: Iterable[int], *, kv: KVSpec | None = None, context: int | None = None,
                on_token: Callable[[int], None] = lambda n: None) -> PerplexityResult:
-    """Score `ids` in windows of `context` tokens (default: the model's context), each from an empty
-    cache; the first token of a window is given, every later one is predicted."""
+    """Score `ids` (a sequence or a stream) in windows of `context` tokens (default: the model's
+    context), each from an empty cache; the first token of a window is given, every later one is
+    predicted. Memory holds one window, whatever the length of the stream."""
     context = model.context_length if context is None else min(context, model.context_length)
     if context < 2:
         raise ConfigError("--context must be at least 2 tokens")
-    if len(ids) < 2:
-        raise ConfigError("the text has fewer than 2 tokens; give a longer text")
-    nll: list[float] = []
-    for start in range(0, len(ids) - 1, context):
-        window = ids[start:start + context]
-        if len(window) < 2:
-            break
+    stream, stats = iter(ids), _Running()
+    while len(window := list(itertools.islice(stream, context))) >= 2:
         cache = model.new_cache(kv)
         logits = model.forward(Feed(window[:1]), cache)[-1]
         for i, token in enumerate(window[1:], start=2):
-            nll.append(_nll(logits, token))
+            stats.add(_nll(logits, token))
             if i < len(window):
                 logits = model.forward(Feed([token]), cache)[-1]
             on_token(1)
-    values = np.asarray(nll)
-    mean = float(values.mean())
-    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
-    return PerplexityResult(math.exp(mean), math.exp(mean) * se, len(values), values)
+    if stats.count == 0:
+        raise ConfigError("the text has fewer than 2 tokens; give a longer text")
+    return stats.result()
 
 
 def _nll(logits: np.ndarray, token: int) -> float:
