@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -28,15 +28,13 @@ from edgegen.cli._app import main
 def complete(model: str | None, prompt: str, drafts: int, ngram: str | None, ngram_weight: float | None,
              max_tokens: int, chat: bool, stream: bool, as_json: bool, kv_bits: str | None, **flags: Any) -> None:
     """Complete the prompt with K drafts from one pass (Superposed Decoding), as autocomplete does."""
-    import sys
-
-    from edgegen.cli.generate import load_model, print_stats, prompt_ids
+    from edgegen.cli.generate import load_model, print_stats, prompt_ids, read_prompt
     from edgegen.core.options import GenerateOptions
 
     options = GenerateOptions.from_kwargs(drafts=drafts, ngram=ngram, ngram_weight=ngram_weight,
                                           max_tokens=max_tokens, kv_bits=int(kv_bits) if kv_bits else None)
     llm = load_model(model, flags)
-    ids = prompt_ids(llm, sys.stdin.read() if prompt == "-" else prompt, raw=not chat)
+    ids = prompt_ids(llm, read_prompt(prompt, llm), raw=not chat)
     result = None
     for result in llm.stream_complete(ids, options):
         if stream and not as_json:
@@ -72,45 +70,67 @@ def ngram() -> None:
               help="Pairs seen fewer times are dropped (orders 3-6; bigrams keep every pair).")
 @click.option("--force", is_flag=True, help="Replace OUT if it is a previous edgegen output.")
 def ngram_build(texts: tuple[Path, ...], out: Path, model: str | None, top: int, min_count: int, force: bool) -> None:
-    """Count n-grams (orders 2-6) of local text with a model's tokenizer into a store."""
-    import numpy as np
+    """Count n-grams (orders 2-6) of local text with a model's tokenizer into a store. The text is
+    streamed: memory follows the distinct n-grams (the store before pruning), not the corpus."""
     from tqdm import tqdm
 
     from edgegen.cli.generate import load_text_model
     from edgegen.core.outputs import atomic_folder, check_output
     from edgegen.decoding import ngram as store
 
+    _check_corpus(texts)
     out = check_output(out, force=force, sources=texts)
     llm = load_text_model(model)
-    docs = _documents(texts)
-    sequences = []
-    for doc in tqdm(docs, desc="tokenizing", unit="doc", leave=False, disable=None):
-        sequences.append(np.asarray(llm.tokenizer.encode(doc, add_special_tokens=False), dtype=np.int64))
-    with tqdm(total=len(store.ORDERS), desc="counting", unit="order", leave=False, disable=None) as bar, \
-            atomic_folder(out) as tmp:
-        store.build(sequences, tmp, vocab_size=llm.backend.vocab_size, top=top,
-                    min_count={2: 1, **{n: min_count for n in store.ORDERS if n > 2}},
-                    tokenizer_fingerprint=store.fingerprint(llm.tokenizer.vocabulary()),
-                    sources=[p.name for p in texts], on_order=lambda n: bar.update(1))
-    click.echo(f"wrote {out} ({sum(len(s) for s in sequences):,} tokens from {len(docs):,} documents)", err=True)
+    counted = {"documents": 0}
+    with tqdm(total=sum(p.stat().st_size for p in texts), desc="counting", unit="B", unit_scale=True, leave=False,
+              disable=None) as bar, atomic_folder(out) as tmp:
+        docs = _documents(texts, llm.tokenizer, bar.update, counted)
+        meta = store.build(docs, tmp, vocab_size=llm.backend.vocab_size, top=top,
+                           min_count={2: 1, **{n: min_count for n in store.ORDERS if n > 2}},
+                           tokenizer_fingerprint=store.fingerprint(llm.tokenizer.vocabulary()),
+                           sources=[p.name for p in texts])
+    click.echo(f"wrote {out} ({meta['tokens']:,} tokens from {counted['documents']:,} documents)", err=True)
 
 
-def _documents(paths: tuple[Path, ...]) -> list[str]:
+def _check_corpus(paths: tuple[Path, ...]) -> None:
+    """Every corpus is a file of known size: a pipe or a device (/dev/zero) could be endless."""
     from edgegen.core.errors import ConfigError
+    from edgegen.core.text_stream import is_regular
 
-    docs = []
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist") from None
-        except (UnicodeDecodeError, OSError) as exc:
-            raise ConfigError(f"{path} cannot be read as UTF-8 text ({exc})") from None
-        if path.suffix == ".jsonl":
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist")
+        if not is_regular(path):
+            raise ConfigError(f"{path} is not a regular file (a pipe or a device may never end); "
+                              "save the text to a file and give that")
+
+
+def _documents(paths: tuple[Path, ...], tokenizer: Any, on_bytes: Any, counted: dict) -> Iterator[Iterator[Any]]:
+    """Each document as a stream of token-id arrays: a text file is one document, each line of a
+    .jsonl file one (its "text")."""
+    import numpy as np
+
+    from edgegen.core.errors import ConfigError
+    from edgegen.core.text_stream import read_lines, read_pieces
+
+    def blocks(pieces: Any) -> Iterator[Any]:
+        for ids in tokenizer.encode_chunks(pieces, add_special_tokens=False):
+            yield np.asarray(ids, dtype=np.int64)
+
+    for path in paths:
+        if path.suffix != ".jsonl":
+            counted["documents"] += 1
+            yield blocks(read_pieces(path, on_bytes=on_bytes))
+            continue
+        for number, line in enumerate(read_lines(path, on_bytes=on_bytes), 1):
+            if not line.strip():
+                continue
             try:
-                docs += [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
+                text = json.loads(line)["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"\"text\" is a {type(text).__name__}")
             except (ValueError, KeyError, TypeError) as exc:
-                raise ConfigError(f"{path}: each line must be a JSON object with a \"text\" ({exc})") from None
-        else:
-            docs.append(text)
-    return docs
+                raise ConfigError(f"{path} line {number}: each line must be a JSON object with a \"text\" "
+                                  f"({exc})") from None
+            counted["documents"] += 1
+            yield blocks([text])

@@ -60,23 +60,64 @@ def context_keys(windows: np.ndarray, vocab_size: int) -> np.ndarray:
 
 def count_order(sequences: Iterable[np.ndarray], n: int, vocab_size: int, *, top: int, min_count: int) -> dict:
     """The arrays of one order from token sequences (documents never span each other)."""
-    pairs = []
+    counter = OrderCounter(n, vocab_size)
     for seq in sequences:
-        if len(seq) >= n:
-            win = np.lib.stride_tricks.sliding_window_view(seq, n)
-            pairs.append(np.stack([context_keys(win[:, :-1], vocab_size), win[:, -1].astype(np.uint64)], axis=1))
-    if not pairs:
-        return _empty(vocab_size)
-    both, counts = np.unique(np.concatenate(pairs), axis=0, return_counts=True)  # sorted by (key, next)
-    keys, starts = np.unique(both[:, 0], return_index=True)
-    totals = np.add.reduceat(counts, starts).astype(np.uint32)
-    keep = _prune(both[:, 0], counts, starts, top, min_count)
-    both, counts = both[keep], counts[keep]
-    alive = np.isin(keys, both[:, 0])  # a context whose successors were all pruned can answer nothing
-    keys, totals = keys[alive], totals[alive]
-    offsets = np.append(np.searchsorted(both[:, 0], keys, side="left"), len(both)).astype(np.uint32)
-    return {"keys": keys, "totals": totals, "offsets": offsets, "next": both[:, 1].astype(_next_dtype(vocab_size)),
-            "counts": counts.astype(np.uint32)}
+        counter.add(np.asarray(seq))
+    return counter.arrays(top=top, min_count=min_count)
+
+
+class OrderCounter:
+    """Counts of one order's (context, next token) pairs, fed run by run: pairs are buffered and
+    merged into one sorted table once the buffer holds `flush_pairs` or half the table's size
+    (so merging stays linear overall), so memory follows the number of distinct pairs (what the
+    store holds before pruning), not the length of the corpus."""
+
+    def __init__(self, n: int, vocab_size: int, flush_pairs: int = 1 << 20):
+        self.n, self.vocab_size, self.flush_pairs = n, vocab_size, flush_pairs
+        self.keys, self.next = np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        self.counts = np.zeros(0, np.int64)
+        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        """Count every window of `tokens` (one contiguous run of a document)."""
+        if len(tokens) < self.n:
+            return
+        win = np.lib.stride_tricks.sliding_window_view(tokens, self.n)
+        self._buffer.append((context_keys(win[:, :-1], self.vocab_size), win[:, -1].astype(np.uint64)))
+        self._buffered += len(win)
+        if self._buffered >= max(self.flush_pairs, len(self.keys) // 2):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        keys = np.concatenate([self.keys, *(k for k, _ in self._buffer)])
+        nxt = np.concatenate([self.next, *(x for _, x in self._buffer)])
+        counts = np.concatenate([self.counts, np.ones(self._buffered, np.int64)])
+        self._buffer, self._buffered = [], 0
+        order = np.lexsort((nxt, keys))  # by key, then by next token
+        keys, nxt, counts = keys[order], nxt[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]) | (nxt[1:] != nxt[:-1])]) if len(keys) else \
+            np.zeros(0, np.int64)
+        self.keys, self.next = keys[starts], nxt[starts]
+        self.counts = np.add.reduceat(counts, starts) if len(starts) else counts
+
+    def arrays(self, *, top: int, min_count: int) -> dict:
+        """The store's arrays of this order, pruned."""
+        self._flush()
+        if not len(self.keys):
+            return _empty(self.vocab_size)
+        pair_keys, nxt, counts = self.keys, self.next, self.counts
+        keys, starts = np.unique(pair_keys, return_index=True)
+        totals = np.add.reduceat(counts, starts).astype(np.uint32)
+        keep = _prune(pair_keys, counts, starts, top, min_count)
+        pair_keys, nxt, counts = pair_keys[keep], nxt[keep], counts[keep]
+        alive = np.isin(keys, pair_keys)  # a context whose successors were all pruned can answer nothing
+        keys, totals = keys[alive], totals[alive]
+        offsets = np.append(np.searchsorted(pair_keys, keys, side="left"), len(pair_keys)).astype(np.uint32)
+        return {"keys": keys, "totals": totals, "offsets": offsets, "next": nxt.astype(_next_dtype(self.vocab_size)),
+                "counts": counts.astype(np.uint32)}
 
 
 def _next_dtype(vocab_size: int):
@@ -97,23 +138,37 @@ def _empty(vocab_size: int) -> dict:
             "next": np.zeros(0, _next_dtype(vocab_size)), "counts": np.zeros(0, np.uint32)}
 
 
-def build(sequences: Sequence[np.ndarray], folder: Path, *, vocab_size: int, tokenizer_fingerprint: str,
-          sources: list[str], top: int = 16, min_count: dict[int, int] | None = None,
-          on_order: Callable[[int], None] = lambda n: None) -> None:
-    """Write a store into `folder` (an empty or new folder; the caller makes it atomic)."""
+def build(documents: Iterable[np.ndarray | Iterable[np.ndarray]], folder: Path, *, vocab_size: int,
+          tokenizer_fingerprint: str, sources: list[str], top: int = 16, min_count: dict[int, int] | None = None,
+          on_tokens: Callable[[int], None] = lambda n: None) -> dict:
+    """Write a store into `folder` (an empty or new folder; the caller makes it atomic) and return
+    its metadata (edgegen.json). Each
+    document is an array of token ids, or an iterable of arrays (its blocks, in order: a
+    streamed document); n-grams span the blocks of a document, never two documents."""
     min_count = min_count or {2: 1, 3: 2, 4: 2, 5: 2, 6: 2}
+    counters = {n: OrderCounter(n, vocab_size) for n in ORDERS}
+    tokens = 0
+    for document in documents:
+        carry = np.zeros(0, np.int64)  # the document's last max(ORDERS) − 1 tokens
+        for block in ([document] if isinstance(document, np.ndarray) else document):
+            block = np.asarray(block, dtype=np.int64)
+            for n, counter in counters.items():
+                counter.add(np.concatenate([carry[len(carry) - min(n - 1, len(carry)):], block]))
+            carry = np.concatenate([carry, block])[-(max(ORDERS) - 1):]
+            tokens += len(block)
+            on_tokens(len(block))
     stats = {}
-    for n in ORDERS:
-        arrays = count_order(sequences, n, vocab_size, top=top, min_count=min_count.get(n, 1))
+    for n, counter in counters.items():
+        arrays = counter.arrays(top=top, min_count=min_count.get(n, 1))
         for part in _PARTS:
             np.save(folder / f"order{n}.{part}.npy", arrays[part], allow_pickle=False)
         stats[str(n)] = {"contexts": int(len(arrays["keys"])), "pairs": int(len(arrays["next"]))}
-        on_order(n)
     meta = {"format_version": FORMAT_VERSION, "kind": KIND, "orders": list(ORDERS), "vocab_size": int(vocab_size),
-            "tokenizer_sha256": tokenizer_fingerprint, "tokens": int(sum(len(s) for s in sequences)),
+            "tokenizer_sha256": tokenizer_fingerprint, "tokens": tokens,
             "sources": sources, "pruning": {"top": top, "min_count": {str(k): v for k, v in min_count.items()}},
             "sizes": stats}
     (folder / "edgegen.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return meta
 
 
 class NgramStore:
