@@ -11,18 +11,20 @@ from __future__ import annotations
 import dataclasses
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from edgegen.archs import _var as arch
 from edgegen.core.errors import ConfigError
+from edgegen.core.memory import available_bytes, check_fits
 from edgegen.core.manifest import Manifest
 from edgegen.decoding.next_scale import OnScale, ScaleSampling, ScaleTiming, generate_scales
 
 __all__ = ["ImageGeneration", "ImageModel", "ScaleSampling", "load_image_model", "save_png", "is_edgegen_png"]
 
 SOFTWARE = "edgegen"  # the PNG tEXt "Software" value that marks files edgegen wrote
+MAX_BATCH = 32  # images per batch by default: larger batches gain little on CPUs and cost memory
 
 
 @dataclasses.dataclass
@@ -40,11 +42,14 @@ class ImageGeneration:
         return [Image.fromarray(image, "RGB") for image in self.images]
 
     def stats(self) -> dict[str, Any]:
-        n = len(self.class_ids)
-        t = self.timing
-        return {"images": n, "transformer_s": round(t.transformer, 4), "decoder_s": round(t.decoder, 4),
-                "total_s": round(t.total, 4), "seconds_per_image": round(t.total / n, 4),
-                "scales_s": [round(s, 4) for s in t.scales]}
+        return timing_stats(self.timing, len(self.class_ids))
+
+
+def timing_stats(t: ScaleTiming, images: int) -> dict[str, Any]:
+    """Seconds of a run of `images` images, as `--json` and the API report them."""
+    return {"images": images, "transformer_s": round(t.transformer, 4), "decoder_s": round(t.decoder, 4),
+            "total_s": round(t.total, 4), "seconds_per_image": round(t.total / images, 4),
+            "scales_s": [round(s, 4) for s in t.scales]}
 
 
 class ImageModel:
@@ -78,18 +83,59 @@ class ImageModel:
         return value
 
     def generate(self, classes: int | str | Sequence[int | str], *, n: int = 1, cfg: float = 4.0, top_k: int = 900,
-                 top_p: float = 0.95, seed: int | None = None, on_scale: OnScale | None = None) -> ImageGeneration:
-        """`n` images of each class in `classes` (ids or names), in one batch."""
+                 top_p: float = 0.95, seed: int | None = None, on_scale: OnScale | None = None,
+                 batch_size: int | None = None) -> ImageGeneration:
+        """`n` images of each class in `classes` (ids or names), run in batches (`batch_size`,
+        default: as many as fit, at most MAX_BATCH) and returned together. For more images than
+        memory holds at once, iterate `generate_batches` instead."""
+        ids = self._class_ids(classes, n)
+        side = self.image_size
+        check_fits(len(ids) * (side * side * 3 + 8 * self.config.num_tokens), f"{len(ids):,} images at once",
+                   "iterate model.generate_batches(...) (or `edgegen image`, which writes each batch as it ends)")
+        parts = list(self.generate_batches(classes, n=n, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                                           on_scale=on_scale, batch_size=batch_size))
+        timing = ScaleTiming([sum(t) for t in zip(*(p.timing.scales for p in parts))],
+                             sum(p.timing.decoder for p in parts))
+        return ImageGeneration(np.concatenate([p.images for p in parts]), ids,
+                               [np.concatenate(scale) for scale in zip(*(p.tokens for p in parts))], timing,
+                               parts[0].sampling)
+
+    def generate_batches(self, classes: int | str | Sequence[int | str], *, n: int = 1, cfg: float = 4.0,
+                         top_k: int = 900, top_p: float = 0.95, seed: int | None = None,
+                         on_scale: OnScale | None = None, batch_size: int | None = None) -> Iterator[ImageGeneration]:
+        """The images of `generate`, one batch at a time, so memory holds one batch whatever `n`.
+        With a seed, image i is the same whatever the batch size (it draws from (seed, i))."""
+        ids = self._class_ids(classes, n)
+        sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), seed=seed).validated()
+        if sampling.seed is None:  # one seed for the whole run, so its images never repeat across batches
+            sampling = dataclasses.replace(sampling, seed=int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
+        size = self.batch_size(len(ids), sampling.cfg > 0, batch_size)
+        for first in range(0, len(ids), size):
+            timing = ScaleTiming()
+            with self._lock:
+                images, tokens = generate_scales(self.model, ids[first:first + size], sampling, on_scale, timing,
+                                                 first_image=first)
+            pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+            yield ImageGeneration(pixels, ids[first:first + size], tokens, timing, sampling)
+
+    def batch_size(self, count: int, guided: bool = True, wanted: int | None = None) -> int:
+        """Images per batch: `wanted`, or as many as half the available memory holds (at most
+        MAX_BATCH); one line (OutOfMemory) when even `wanted` or one image does not fit."""
+        if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1):
+            raise ConfigError(f"the batch size must be a positive number of images, not {wanted!r}")
+        each = arch.bytes_per_image(self.config, guided)
+        have = available_bytes()
+        fits = MAX_BATCH if have is None else max(have // 2 // each, 0)
+        size = min(count, wanted or MAX_BATCH, max(fits, 1))
+        check_fits(size * each, f"a batch of {size} image(s) of {self.image_size}×{self.image_size}",
+                   "give a smaller batch size" if size > 1 else "close other programs or use a smaller model")
+        return size
+
+    def _class_ids(self, classes: int | str | Sequence[int | str], n: int) -> list[int]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be a positive number of images, not {n!r}")
         labels = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
-        ids = [self.class_id(label) for label in labels for _ in range(n)]
-        sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), seed=seed).validated()
-        timing = ScaleTiming()
-        with self._lock:
-            images, tokens = generate_scales(self.model, ids, sampling, on_scale, timing)
-        pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-        return ImageGeneration(pixels, ids, tokens, timing, sampling)
+        return [self.class_id(label) for label in labels for _ in range(n)]
 
     def generate_tokens(self, classes: Sequence[int], tokens: Sequence[np.ndarray], cfg: float = 4.0):
         """Run the scales with the given tokens (no sampling): (guided logits per scale, images in
@@ -150,7 +196,10 @@ def save_png(image: np.ndarray, out: Path, description: str = "") -> None:
         Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format="PNG", pnginfo=info)
 
 
-def grid(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
+GRID_GAP = 2  # white pixels between grid cells
+
+
+def grid(images: np.ndarray, columns: int | None = None, gap: int = GRID_GAP) -> np.ndarray:
     """(n, H, W, 3) → one (rows·H, columns·W, 3) uint8 image, white gaps between cells."""
     n, H, W, _ = images.shape
     columns = columns or int(np.ceil(np.sqrt(n)))

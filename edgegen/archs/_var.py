@@ -85,6 +85,19 @@ class VARConfig:
         return dataclasses.asdict(self)
 
 
+def bytes_per_image(c: VARConfig, guided: bool) -> int:
+    """What one more image in a batch costs at its peak, from the shapes (float32 unless said):
+    the KV cache of every scale, the last scale's activations, attention scores and logits, the
+    float64 arrays of top-k/top-p sampling, and the decoder's full-resolution activations."""
+    rows, l, L, V = (2 if guided else 1), c.patch_nums[-1] ** 2, c.num_tokens, c.vocab_size
+    cache = c.depth * 2 * rows * L * c.embed_dim * 4
+    blocks = rows * l * (max(c.mlp_hidden, 3 * c.embed_dim) * 2 + c.num_heads * L) * 4
+    sampling = rows * l * V * 4 + 8 * l * V * 8
+    side = c.image_size
+    decoder = 4 * side * side * c.vae.ch * c.vae.ch_mult[0] * 4
+    return int(1.5 * (cache + blocks + sampling + decoder))
+
+
 def config_from_dict(raw: Mapping[str, Any]) -> VARConfig:
     """The config `to_dict()` wrote into a manifest."""
     try:

@@ -136,8 +136,7 @@ def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: A
 
     options, flags = split_options(opts)
     llm = load_model(model, flags)
-    text = sys.stdin.read() if prompt == "-" else prompt
-    ids = prompt_ids(llm, text, raw)
+    ids = prompt_ids(llm, read_prompt(prompt, llm), raw)
     if as_json:
         result = llm.generate(ids, options)
         click.echo(json.dumps({"prompt_ids": ids, "token_ids": result.token_ids, "text": result.text,
@@ -208,6 +207,25 @@ def reply(llm, messages: list[dict[str, str]], options) -> str:
     click.echo()
     print_stats(stats)
     return "".join(pieces)
+
+
+def read_prompt(prompt: str, llm) -> str:
+    """The prompt, or standard input for '-', read only as far as the model's context could use:
+    an endless or huge input (`< /dev/zero`) is one line, not all memory."""
+    from edgegen.core.errors import ContextOverflow
+
+    if prompt != "-":
+        return prompt
+    context = llm.backend.context_length
+    limit = max(context * CHARS_PER_TOKEN, 1 << 16)
+    text = sys.stdin.read(limit + 1)
+    if len(text) > limit:
+        raise ContextOverflow(f"standard input holds more than {limit:,} characters, more than the model's context "
+                              f"of {context:,} tokens could take; shorten the prompt")
+    return text
+
+
+CHARS_PER_TOKEN = 32  # far above any tokenizer's average, so a prompt that fits is never cut
 
 
 def prompt_ids(llm, text: str, raw: bool) -> list[int]:

@@ -36,20 +36,25 @@ def output_paths(out: Path, count: int, as_grid: bool) -> list[Path]:
 @click.option("--seed", default=None, type=int, help="Makes sampling reproducible.")
 @click.option("--json", "as_json", is_flag=True, help="Print files, classes and timing as JSON.")
 @click.option("--force", is_flag=True, help="Replace existing PNGs that edgegen wrote.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1),
+              help="Images generated at once (default: as many as fit in half the free memory, at most 32).")
 @click.option("--provider", default=None, help="ONNX Runtime provider: cpu, coreml, qnn, dml, cuda, auto.")
 @click.option("--device", default=None, help="MLX device: gpu (Metal), cpu, auto.")
 @click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None,
               help="Runtime to convert to when MODEL is not converted yet.")
 def image(model: str | None, classes: tuple[str, ...], out: Path, n: int, as_grid: bool, cfg: float, top_k: int,
-          top_p: float, seed: int | None, as_json: bool, force: bool, provider: str | None, device: str | None,
-          runtime: str | None) -> None:
+          top_p: float, seed: int | None, as_json: bool, force: bool, batch_size: int | None, provider: str | None,
+          device: str | None, runtime: str | None) -> None:
     """Generate images of a class with MODEL (a converted VAR folder or any VAR source; default: the
-    bundled tiny-var, digits 0-9). Progress per scale and the time split go to stderr."""
+    bundled tiny-var, digits 0-9). Images are made in batches and each file is written as its
+    batch ends (Ctrl-C keeps them); progress and the time split go to stderr."""
+    from tqdm import tqdm
+
     from edgegen.api import load
     from edgegen.core.errors import ConfigError
     from edgegen.core.outputs import check_output
-    from edgegen.decoding.next_scale import ScaleSampling
-    from edgegen.images import ImageModel, grid, is_edgegen_png, save_png
+    from edgegen.decoding.next_scale import ScaleSampling, ScaleTiming
+    from edgegen.images import ImageModel, is_edgegen_png, timing_stats
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, not {n}")
@@ -61,28 +66,87 @@ def image(model: str | None, classes: tuple[str, ...], out: Path, n: int, as_gri
         raise ConfigError(f"{model} is not an image model (family {loaded.manifest.family!r}); "
                           "`edgegen image` needs a VAR model")
     labels: list[Any] = list(classes) or [int(i) for i in _random_classes(loaded.num_classes, seed)]
+    size = loaded.batch_size(wanted, cfg > 0, batch_size)
+    sink = _GridSink(paths[0], len(labels), n, loaded.image_size) if as_grid else _FileSink(paths)
     sides = loaded.model.patch_nums
-    progress = None if as_json else (lambda k, count, secs: click.echo(
+    progress = None if as_json or size < wanted else (lambda k, count, secs: click.echo(
         f"scale {k + 1}/{count}  {sides[k]}×{sides[k]} tokens  {secs:.2f} s", err=True))
-    result = loaded.generate(labels, n=n, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed, on_scale=progress)
-    described = [f"class {c}" + (f" ({loaded.class_names[c]})" if loaded.class_names else "")
-                 + f", cfg {cfg:g}, top-k {top_k}, top-p {top_p:g}, seed {seed}" for c in result.class_ids]
-    if as_grid:
-        save_png(grid(result.images, columns=n), paths[0], "; ".join(sorted(set(described))))  # a row per class
-    else:
-        for image_, path, text in zip(result.images, paths, described):
-            save_png(image_, path, text)
-    stats = result.stats()
+    described = lambda c: (f"class {c}" + (f" ({loaded.class_names[c]})" if loaded.class_names else "")  # noqa: E731
+                           + f", cfg {cfg:g}, top-k {top_k}, top-p {top_p:g}, seed {seed}")
+    timing, class_ids = ScaleTiming(), []
+    with tqdm(total=wanted, desc="images", unit="img", leave=False, disable=None if size < wanted else True) as bar:
+        for batch in loaded.generate_batches(labels, n=n, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
+                                             on_scale=progress, batch_size=size):
+            sink.add(batch.images, [described(c) for c in batch.class_ids])
+            class_ids += batch.class_ids
+            timing.decoder += batch.timing.decoder
+            for k, secs in enumerate(batch.timing.scales):
+                timing.add_scale(k, secs)
+            bar.update(len(batch.class_ids))
+    sink.close()
+    count, total = len(class_ids), timing.total
     if as_json:
+        stats = {**timing_stats(timing, count), "batch_size": size}
         click.echo(json.dumps({"model": str(loaded.folder), "files": [str(p) for p in paths],
-                               "classes": result.class_ids, "cfg": cfg, "top_k": top_k, "top_p": top_p,
+                               "classes": class_ids, "cfg": cfg, "top_k": top_k, "top_p": top_p,
                                "seed": seed, "size": loaded.image_size, "timing": stats}))
         return
-    for path in paths:
+    for path in paths[:10]:
         click.echo(f"wrote {path}", err=True)
-    click.echo(f"{stats['images']} image(s) {loaded.image_size}×{loaded.image_size}: "
-               f"{stats['seconds_per_image']:.2f} s per image (transformer {stats['transformer_s'] / stats['images']:.2f} s"
-               f" + decoder {stats['decoder_s'] / stats['images']:.2f} s)", err=True)
+    if len(paths) > 10:
+        click.echo(f"... and {len(paths) - 10:,} more, to {paths[-1]}", err=True)
+    click.echo(f"{count} image(s) {loaded.image_size}×{loaded.image_size}: {total / count:.2f} s per image "
+               f"(transformer {timing.transformer / count:.2f} s + decoder {timing.decoder / count:.2f} s)"
+               + (f", in batches of {size}" if size < count else ""), err=True)
+
+
+class _FileSink:
+    """Numbered PNGs, each written (atomically) as soon as its batch ends."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self.done = paths, 0
+
+    def add(self, images: Any, descriptions: list[str]) -> None:
+        from edgegen.images import save_png
+
+        for image_, text in zip(images, descriptions):
+            save_png(image_, self.paths[self.done], text)
+            self.done += 1
+
+    def close(self) -> None:
+        pass
+
+
+class _GridSink:
+    """One grid PNG, a row per class: cells are filled as batches end, the file written at the end."""
+
+    def __init__(self, path: Path, rows: int, columns: int, side: int):
+        import numpy as np
+
+        from edgegen.core.memory import check_fits
+        from edgegen.images import GRID_GAP
+
+        self.path, self.columns, self.side, self.done = path, columns, side, 0
+        height, width = rows * (side + GRID_GAP) - GRID_GAP, columns * (side + GRID_GAP) - GRID_GAP
+        check_fits(2 * height * width * 3, f"a grid of {rows}×{columns} images ({width}×{height} pixels)",
+                   "drop --grid to write numbered files, or ask for fewer images")
+        self.canvas = np.full((height, width, 3), 255, np.uint8)
+        self.descriptions: set[str] = set()
+
+    def add(self, images: Any, descriptions: list[str]) -> None:
+        from edgegen.images import GRID_GAP
+
+        step = self.side + GRID_GAP
+        for image_ in images:
+            r, c = divmod(self.done, self.columns)
+            self.canvas[r * step: r * step + self.side, c * step: c * step + self.side] = image_
+            self.done += 1
+        self.descriptions.update(descriptions)
+
+    def close(self) -> None:
+        from edgegen.images import save_png
+
+        save_png(self.canvas, self.path, "; ".join(sorted(self.descriptions)))
 
 
 def _random_classes(num_classes: int, seed: int | None):

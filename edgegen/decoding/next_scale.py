@@ -7,7 +7,8 @@ t = cfg·k/(K−1) (no guidance at the first scale, full `cfg` at the last):
     guided = (1 + t)·logits_cond − t·logits_uncond
 
 then top-k (keep values ≥ the k-th largest), top-p (drop the low tail whose mass is ≤ 1 − top_p,
-always keeping the maximum) and one draw per token (Gumbel-max from a seeded numpy generator).
+always keeping the maximum) and one draw per token (Gumbel-max). Image i of a run draws from its
+own numpy generator seeded with (seed, i), so an image is the same whatever batch it was drawn in.
 """
 
 from __future__ import annotations
@@ -45,8 +46,14 @@ class ScaleSampling:
 class ScaleTiming:
     """Seconds spent: transformer (+ sampling and f̂ updates) per scale, and the decoder."""
 
-    scales: list[float] = dataclasses.field(default_factory=list)
+    scales: list[float] = dataclasses.field(default_factory=list)  # per scale, summed over batches
     decoder: float = 0.0
+
+    def add_scale(self, scale: int, seconds: float) -> None:
+        if scale < len(self.scales):
+            self.scales[scale] += seconds
+        else:
+            self.scales.append(seconds)
 
     @property
     def transformer(self) -> float:
@@ -87,24 +94,35 @@ def filter_logits(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     return x
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row of the last axis, drawn from softmax(logits) by Gumbel-max (int64)."""
-    return np.argmax(logits + rng.gumbel(size=logits.shape), axis=-1).astype(np.int64)
+def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
+    """One token per row of the last axis, drawn from softmax(logits) by Gumbel-max (int64); row b
+    of the first axis draws from `rngs[b]`."""
+    noise = np.stack([rng.gumbel(size=logits.shape[1:]) for rng in rngs])
+    return np.argmax(logits + noise, axis=-1).astype(np.int64)
+
+
+def image_rngs(seed: int | None, first: int, count: int) -> list[np.random.Generator]:
+    """The generators of images first .. first + count − 1 of a run (fresh entropy without a seed)."""
+    if seed is None:
+        return [np.random.default_rng() for _ in range(count)]
+    return [np.random.default_rng((seed, first + i)) for i in range(count)]
 
 
 OnScale = Callable[[int, int, float], None]  # (scale index, number of scales, seconds)
 
 
 def generate_scales(model: ScaleAR, class_ids: Sequence[int], sampling: ScaleSampling | None = None,
-                    on_scale: OnScale | None = None, timing: ScaleTiming | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Images (B, H, W, 3) float32 in [0, 1] for `class_ids`, and the sampled tokens per scale."""
+                    on_scale: OnScale | None = None, timing: ScaleTiming | None = None,
+                    first_image: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Images (B, H, W, 3) float32 in [0, 1] for `class_ids`, and the sampled tokens per scale.
+    `first_image`: the run's index of the first of them (a later batch of a larger run)."""
     sampling = (sampling or ScaleSampling()).validated()
     ids = [int(i) for i in class_ids]
     bad = [i for i in ids if not 0 <= i < model.num_classes]
     if bad or not ids:
         raise ConfigError(f"class ids must be in 0..{model.num_classes - 1}" + (f", not {bad[0]}" if bad else
                                                                                "; give at least one"))
-    rng = np.random.default_rng(sampling.seed)
+    rngs = image_rngs(sampling.seed, first_image, len(ids))
     timing = timing if timing is not None else ScaleTiming()
     guided = sampling.cfg > 0
     run = model.start(ids, guided)
@@ -114,13 +132,14 @@ def generate_scales(model: ScaleAR, class_ids: Sequence[int], sampling: ScaleSam
         logits = run.logits()
         if guided:
             logits = mix(logits, guidance(k, K, sampling.cfg))
-        chosen = sample(filter_logits(logits, sampling.top_k, sampling.top_p), rng)
+        chosen = sample(filter_logits(logits, sampling.top_k, sampling.top_p), rngs)
         run.push(chosen)
         tokens.append(chosen)
-        timing.scales.append(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        timing.add_scale(k, seconds)
         if on_scale is not None:
-            on_scale(k, K, timing.scales[-1])
+            on_scale(k, K, seconds)
     start = time.perf_counter()
     images = run.image()
-    timing.decoder = time.perf_counter() - start
+    timing.decoder += time.perf_counter() - start
     return images, tokens
