@@ -41,6 +41,10 @@ class Group(click.Group):
             fail(exc.format_message(), exc.exit_code)
         except EdgegenError as exc:
             fail(str(exc), exc.exit_code)
+        except MemoryError:  # what no estimate caught: still one line, and every `finally` has run
+            from edgegen.core.memory import out_of_memory_message
+
+            fail(out_of_memory_message(), 2)
         except (KeyboardInterrupt, click.exceptions.Abort):
             click.echo("edgegen: interrupted", err=True)
             sys.exit(130)

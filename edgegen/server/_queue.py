@@ -17,6 +17,7 @@ import threading
 from typing import Any, AsyncIterator, Iterator
 
 from edgegen.core.errors import ConfigError, ContextOverflow, EdgegenError
+from edgegen.core.memory import OutOfMemory, out_of_memory_message
 from edgegen.core.stats import GenerationStats
 from edgegen.server._openai import ApiError
 
@@ -132,9 +133,14 @@ class Worker:
                 job.emit("piece", piece)
             job.emit(*(("error", closing()) if self.closed else ("done",)))
         except EdgegenError as exc:
-            status = 400 if isinstance(exc, (ConfigError, ContextOverflow)) else 500
+            status = 400 if isinstance(exc, (ConfigError, ContextOverflow)) else 503 if isinstance(exc, OutOfMemory) \
+                else 500
             job.emit("error", ApiError(status, str(exc), type="invalid_request_error" if status == 400
                                        else "server_error"))
+        except MemoryError:  # this request's work did not fit: it alone fails, the server goes on
+            log.warning("a request ran out of memory")
+            job.emit("error", ApiError(503, out_of_memory_message("for this request"), type="server_error",
+                                       code="out_of_memory"))
         except Exception as exc:  # a bug or a runtime failure: answer 500, keep serving
             log.exception("generation failed")
             job.emit("error", ApiError(500, f"the generation failed ({type(exc).__name__}); see the server log",

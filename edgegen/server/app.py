@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from edgegen.core import options as core_options
 from edgegen.core.errors import ConfigError, EdgegenError
+from edgegen.core.memory import out_of_memory_message
 from edgegen.core.options import GenerateOptions
 from edgegen.core.stats import GenerationStats
 from edgegen.server._openai import ApiError, Request, Shaper, bad, parse_request
@@ -313,6 +314,10 @@ async def http_error(request: HttpRequest, exc: Exception) -> Response:
 
 
 async def internal_error(request: HttpRequest, exc: Exception) -> Response:
+    if isinstance(exc, MemoryError):  # this request did not fit; the server goes on
+        log.warning("a request to %s ran out of memory", request.url.path)
+        return error(ApiError(503, out_of_memory_message("for this request"), type="server_error",
+                              code="out_of_memory"))
     log.error("unexpected error on %s", request.url.path, exc_info=exc)
     return error(ApiError(500, f"internal error ({type(exc).__name__}); see the server log", type="server_error"))
 
