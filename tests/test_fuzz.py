@@ -254,3 +254,41 @@ def test_corrupted_sentencepiece_tokenizers(tmp_path_factory):
 
 def test_wide_numbers_are_not_nan_sensitive():
     assert math.isnan(float("nan"))  # the strategies above rely on NaN reaching the options
+
+
+# ------------------------------------------------------------------ endless and huge inputs
+
+ENDLESS = {  # name: (arguments, standard input, ends well)
+    "perplexity of /dev/zero": (["perplexity", "--text", "/dev/zero", "--max-tokens", "20"], None, True),
+    "perplexity of an 8 GB file": (["perplexity", "--text", "{huge}", "--max-tokens", "20"], None, True),
+    "ngram build of /dev/zero": (["ngram", "build", "--text", "/dev/zero", "-o", "{out}"], None, False),
+    "generate from /dev/zero": (["generate", "-p", "-", "-m", "2"], "/dev/zero", False),
+    "complete from /dev/zero": (["complete", "-p", "-", "-m", "2"], "/dev/zero", False),
+    "perplexity of an 8 GB line of JSON": (["ngram", "build", "--text", "{huge_jsonl}", "-o", "{out}"], None, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENDLESS))
+def test_endless_and_huge_inputs_stream_or_get_one_line(case, tmp_path):
+    """Under a 1.5 GB address-space limit: success, or one line with exit code 2, within the timeout."""
+    import resource
+    import subprocess
+    import sys
+
+    args, stdin, ends_well = ENDLESS[case]
+    for name in ("huge.txt", "huge.jsonl"):  # sparse: 8 GB of NUL bytes that take no disk
+        with (tmp_path / name).open("wb") as f:
+            f.truncate(8 * 2**30)
+    names = {"huge": tmp_path / "huge.txt", "huge_jsonl": tmp_path / "huge.jsonl", "out": tmp_path / "out"}
+    args = [a.format(**names) for a in args]
+    limit = 1536 * 2**20
+    with open(stdin or os.devnull, "rb") as source:
+        result = subprocess.run([sys.executable, "-m", "edgegen", *args], stdin=source, capture_output=True,
+                                text=True, timeout=240,
+                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if ends_well:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("edgegen: error:"), result.stderr
+    assert not (tmp_path / "out").exists()

@@ -134,3 +134,33 @@ def test_a_failing_runtime_answers_500_and_keeps_serving(model):
         events = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
         assert json.loads(events[-2])["error"]["type"] == "server_error" and events[-1] == "[DONE]"
         assert client.get("/health").json()["status"] == "ok"
+
+
+class Hungry(Broken):
+    """The real model, except that its first reply runs out of memory."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.fed = False
+
+    def stream(self, *args, **kwargs):
+        if self.fed:
+            return self.model.stream(*args, **kwargs)
+        self.fed = True
+
+        def starving():  # as a runtime does: the allocation fails on the worker, mid-generation
+            raise MemoryError
+            yield ""
+
+        return starving()
+
+
+def test_a_request_out_of_memory_answers_503_and_the_next_is_served(model):
+    with ThreadedServer(create_app(Hungry(model), model_id="hungry")) as url, \
+            httpx.Client(base_url=url, trust_env=False, timeout=120) as client:
+        body = {"messages": HELLO, "max_tokens": 4}
+        first = client.post(CHAT, json=body)
+        assert first.status_code == 503 and first.json()["error"]["code"] == "out_of_memory", first.text
+        assert "out of memory" in first.json()["error"]["message"] and "Traceback" not in first.text
+        second = client.post(CHAT, json=body)
+        assert second.status_code == 200 and second.json()["choices"][0]["finish_reason"] in ("stop", "length")
