@@ -227,6 +227,39 @@ def test_serve_warns_when_listening_beyond_loopback(monkeypatch):
     assert result.exit_code == 0, result.output
     assert "warning: --host 0.0.0.0 lets anyone" in result.stderr and "--api-key" in result.stderr
     assert served and "chat page: http://127.0.0.1:" in result.stderr
+    assert "answering requests addressed to 127.0.0.1, localhost, [::1]; add --allowed-host" in result.stderr
+    allowed = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--port", "0", "--allowed-host", "box.lan"])
+    assert "addressed to 127.0.0.1, localhost, [::1], box.lan;" in allowed.stderr
+    from edgegen.cli.serve import accepted_hosts
+
+    assert accepted_hosts("192.168.1.5", ("box",)) == ["192.168.1.5", "box"]  # the address it listens on
+    assert accepted_hosts("0.0.0.0", ()) == accepted_hosts("::", ()) == accepted_hosts("localhost", ()) == []
+
+
+FOREIGN = ["attacker.example", "attacker.example:8080", "127.0.0.1.attacker.example", "localhost.evil:80", "",
+           "127.0.0.1:80:80", "[::1]junk"]
+LOCAL = ["127.0.0.1", "127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]", "[::1]:8080"]
+
+
+def test_only_requests_for_loopback_or_allowed_hosts_are_answered(model, server):
+    """DNS rebinding: a page whose name points at 127.0.0.1 sends its own name as Host; 403."""
+    with httpx.Client(base_url=server, trust_env=False) as http:
+        for host in FOREIGN:
+            for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/"),
+                                 ("GET", "/health")):
+                response = http.request(method, path, headers={"Host": host}, json={"messages": []})
+                assert response.status_code == 403, (host, path, response.status_code)
+                assert response.json()["error"]["code"] == "host_not_allowed"
+        for host in LOCAL:
+            assert http.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    app = create_app(model, model_id="tiny-chat", allowed_hosts=["Box.LAN", "10.1.2.3"])
+    with ThreadedServer(app) as url, httpx.Client(base_url=url, trust_env=False) as http:
+        for host in ("box.lan", "box.lan:8080", "10.1.2.3:8080", "localhost"):
+            assert http.get("/health", headers={"Host": host}).status_code == 200, host
+        assert http.get("/health", headers={"Host": "attacker.example"}).status_code == 403
+    with ThreadedServer(create_app(model, model_id="tiny-chat", allowed_hosts=["*"])) as url, \
+            httpx.Client(base_url=url, trust_env=False) as http:
+        assert http.get("/health", headers={"Host": "anything.example"}).status_code == 200
 
 
 def test_cross_origin_pages_only_where_allowed(model, server):

@@ -110,7 +110,7 @@ def test_a_client_that_leaves_while_queued_is_skipped(model):
         body = json.dumps({"prompt": "x", "max_tokens": 8}).encode()
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as raw:  # a non-streaming client...
-            raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: edgegen\r\nContent-Type: application/json\r\n"
+            raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             wait_for(lambda: worker.load()["waiting"] == 2)
         # ...that hung up while queued

@@ -33,6 +33,7 @@ from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.memory import out_of_memory_message
 from edgegen.core.options import GenerateOptions
 from edgegen.core.stats import GenerationStats
+from edgegen.server._hosts import AllowedHosts
 from edgegen.server._openai import ApiError, Request, Shaper, bad, parse_request
 from edgegen.server._queue import Job, Worker
 
@@ -94,11 +95,13 @@ def _draft_of(options: GenerateOptions) -> str | None:
 
 def create_app(model: Any, *, model_id: str = "edgegen", defaults: GenerateOptions | None = None,
                api_key: str | None = None, max_queue: int = 16, max_body: int = MAX_BODY,
-               cors_origins: Sequence[str] = ()) -> Starlette:
+               cors_origins: Sequence[str] = (), allowed_hosts: Sequence[str] = ()) -> Starlette:
     """The server for one loaded `Model`. `defaults` are the options a request starts from (its
     own fields override them); `max_queue` requests may wait behind the running one (429 past
     that); bodies over `max_body` bytes get 413. Pages from `cors_origins` ("*": any) may call
-    the API from a browser; by default only the server's own page can."""
+    the API from a browser; by default only the server's own page can. Requests must name a
+    loopback host or one of `allowed_hosts` ("*": any) in their Host header (403 otherwise: the
+    defence against DNS rebinding)."""
     service = Service(model, model_id, defaults or GenerateOptions(), max_queue, max_body)
 
     @contextlib.asynccontextmanager
@@ -123,6 +126,7 @@ def create_app(model: Any, *, model_id: str = "edgegen", defaults: GenerateOptio
     if cors_origins:  # outside the key check: a browser's preflight carries no key
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Edgegen-Warning"])
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts)  # outermost: a foreign Host gets nothing else
     return app
 
 
