@@ -226,3 +226,8 @@ def test_available_memory_follows_an_address_space_limit():
             "print(memory.available_bytes())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert 250 * 2**20 < int(out.stdout) <= 300 * 2**20
+
+
+def test_a_bench_grid_whose_cache_cannot_fit_is_one_line(little_memory):
+    result = CliRunner().invoke(main, ["bench", "--prompt-tokens", "512", "--gen-tokens", "500"])
+    assert_one_line(result, "a KV cache of 1,012 tokens", "--prompt-tokens")

@@ -50,10 +50,17 @@ def bench(model: str | None, prompt_tokens: list[int], gen_tokens: list[int], re
     length; prints a table of tokens per second and peak memory."""
     from tqdm import tqdm
 
+    from edgegen.core.memory import check_fits
+
     options, flags = split_options(opts)
     llm = load_model(model, flags)
     settings = [(p, g) for p in prompt_tokens for g in gen_tokens]
     fits = [(p, g) for p, g in settings if p + g <= llm.manifest.context_length]
+    if fits:  # the longest setting's KV cache, before any of it is allocated
+        longest = max(p + g for p, g in fits)
+        check_fits(int(longest * llm.kv_bytes_per_token(llm.kv_spec(options))),
+                   f"a KV cache of {longest:,} tokens (prompt + generated)",
+                   "give shorter --prompt-tokens / --gen-tokens or a lower --kv-bits")
     rows = []
     progress = tqdm(total=len(fits) * (repeats + 1), desc="bench", unit="run", leave=False,
                     file=sys.stderr)
