@@ -118,6 +118,15 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self._backend.decode(list(ids), skip_special_tokens)
 
+    def backend_json(self) -> str | None:
+        """The `tokenizers` library's JSON of this tokenizer, or None for a SentencePiece model."""
+        return self._backend.tok.to_str() if isinstance(self._backend, _HFTokenizers) else None
+
+    def token_bytes(self) -> tuple[list[bytes], list[int]]:
+        """Each id's bytes (b"" for control tokens) and the ids of special tokens: how a grammar
+        engine sees a SentencePiece vocabulary."""
+        return self._backend.token_bytes()
+
     def apply_chat_template(self, messages: Iterable[dict[str, Any]], *, add_generation_prompt: bool = True,
                             **kwargs: Any) -> str:
         """The prompt string for `messages`, equal to transformers' `apply_chat_template(tokenize=False)`."""
@@ -282,6 +291,19 @@ class _SentencePiece:
         if special and self.add_eos and self.sp.eos_id() >= 0:
             ids = ids + [self.sp.eos_id()]
         return ids
+
+    def token_bytes(self) -> tuple[list[bytes], list[int]]:
+        pieces, special = [], []
+        for i in range(self.sp.GetPieceSize()):
+            piece = self.sp.IdToPiece(i)
+            if self.sp.IsControl(i) or self.sp.IsUnknown(i):
+                pieces.append(b"")
+                special.append(i)
+            elif self.sp.IsByte(i):
+                pieces.append(bytes([int(piece[3:5], 16)]))  # <0xNN>
+            else:
+                pieces.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return pieces, special
 
     def decode(self, ids: list[int], skip: bool) -> str:
         if skip:

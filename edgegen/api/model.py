@@ -18,7 +18,7 @@ from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
-from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeOptions
+from edgegen.core.options import DiffusionOptions, GenerateOptions, OutputOptions, SpeculativeOptions
 from edgegen.core.outputs import atomic_file
 from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats
@@ -26,6 +26,7 @@ from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
+from edgegen.grammar import constraint_for
 from edgegen.tokenizer import StreamDecoder, Tokenizer
 
 if TYPE_CHECKING:
@@ -147,6 +148,9 @@ class Model:
         if options is None:
             kwargs.setdefault("max_tokens", 16)  # completions are short
         options = GenerateOptions.from_kwargs(options, **kwargs)
+        if options.output != OutputOptions():
+            raise ConfigError("a JSON schema, regex, grammar or logprobs are not offered for superposed drafts "
+                              "(`complete`) yet; use generate or chat")
         ids = self._encode(prompt)
         stats = GenerationStats()
         with self._locked():
@@ -173,22 +177,25 @@ class Model:
         options = GenerateOptions.from_kwargs(options, **kwargs)
         ids = self._encode(prompt)
         check_prompt(ids, self.backend.context_length, options.max_tokens)  # too long: an error now, not later
-        return self._locked_stream(ids, options, stats, token_sink)
+        sampler = self._sampler(ids, options)  # a grammar that does not compile: an error now too
+        return self._locked_stream(ids, options, sampler, stats, token_sink)
 
-    def _locked_stream(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
+    def _locked_stream(self, ids: list[int], options: GenerateOptions, sampler: Sampler, stats: GenerationStats,
                        token_sink: list[int] | None) -> Iterator[str]:
         with self._locked():
-            yield from self._stream_ids(ids, options, stats, token_sink)
+            yield from self._stream_ids(ids, options, sampler, stats, token_sink)
 
-    def _stream_ids(self, ids: list[int], options: GenerateOptions, stats: GenerationStats,
+    def _stream_ids(self, ids: list[int], options: GenerateOptions, sampler: Sampler, stats: GenerationStats,
                     token_sink: list[int] | None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
         text = StopText(list(options.stop))
-        tokens = self._tokens(ids, options, stats, lambda _: text.hit)
+        tokens = self._tokens(ids, options, sampler, stats, lambda _: text.hit)
         try:
             for token in tokens:
                 if token_sink is not None:
                     token_sink.append(token)
+                if options.output.logprobs is not None:
+                    stats.logprobs.append(sampler.decided[len(ids) + len(stats.logprobs)])
                 piece = text.push(decoder.push(token))
                 if piece:
                     yield piece
@@ -203,10 +210,23 @@ class Model:
         """The process's peak RSS, or the accelerator's peak where the runtime reports one (Metal)."""
         stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
 
-    def _tokens(self, ids: list[int], options: GenerateOptions, stats: GenerationStats, should_stop) -> Iterator[int]:
+    def _sampler(self, ids: list[int], options: GenerateOptions) -> Sampler:
+        """The sampler of one generation: its settings, the output constraint, log-probabilities."""
+        output = options.output
+        if self.manifest.family == "dllm" and (output.constrained or output.logprobs is not None):
+            raise ConfigError("structured output and logprobs apply to autoregressive models; a diffusion LLM "
+                              "commits tokens out of order, which a grammar cannot follow")
+        if output.constrained and options.ignore_eos:
+            raise ConfigError("ignore_eos cannot be combined with a JSON schema, regex or grammar: the output "
+                              "ends where its grammar does")
+        stop_ids = self.tokenizer.eos_token_ids
+        constraint = constraint_for(output, self.tokenizer, self.backend.vocab_size, stop_ids, len(ids))
+        return Sampler(options.sampling, constraint, output.logprobs)
+
+    def _tokens(self, ids: list[int], options: GenerateOptions, sampler: Sampler, stats: GenerationStats,
+                should_stop) -> Iterator[int]:
         """The token stream of the strategy `options` ask for, over the kept (prefix-reusing) cache."""
         kv = self._session_for(options).kv
-        sampler = Sampler(options.sampling)
         stop_ids = () if options.ignore_eos else self.tokenizer.eos_token_ids
         common = dict(max_tokens=options.max_tokens, stop_ids=stop_ids, stats=stats, should_stop=should_stop)
         if self.manifest.family == "dllm":

@@ -62,6 +62,38 @@ def decoding_options(func: Callable) -> Callable:
 RUNTIME_FLAGS = ("provider", "device", "runtime")
 
 
+def output_options(func: Callable) -> Callable:
+    """Constrained output: the generated text follows a JSON schema, a regex or a grammar."""
+    options = [
+        click.option("--json-schema", default=None, metavar="FILE|JSON", callback=_json_or_file,
+                     help="The output is JSON valid under this JSON Schema (a file, or the schema itself); "
+                          "'{\"type\": \"object\"}' is any JSON object."),
+        click.option("--regex", default=None, help="The whole output matches this regular expression."),
+        click.option("--grammar", default=None, metavar="FILE", callback=_text_of_file,
+                     help="The output follows this grammar: Lark, or GBNF as llama.cpp writes it."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _json_or_file(ctx: Any, param: Any, value: str | None) -> Any:
+    if value is None or value.lstrip().startswith(("{", "true", "false")):
+        return value
+    return _text_of_file(ctx, param, value)
+
+
+def _text_of_file(ctx: Any, param: Any, value: str | None) -> str | None:
+    from pathlib import Path
+
+    if value is None:
+        return None
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"{value} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 class _DraftCount(click.ParamType):
     name = "N|auto"
 
@@ -118,6 +150,16 @@ def load_text_model(model: str | None, provider: str | None = None, **kwargs):
     return loaded
 
 
+def logprobs_json(tokenizer, logprobs) -> list[dict[str, Any]]:
+    """Per generated token: its text, id, log-probability and the alternatives (`--json`)."""
+    def text(i: int) -> str:
+        return tokenizer.decode([i], skip_special_tokens=False)
+
+    return [{"token": text(lp.token), "id": lp.token, "logprob": round(lp.logprob, 6),
+             "top_logprobs": [{"token": text(t), "id": t, "logprob": round(v, 6)} for t, v in lp.top]}
+            for lp in logprobs]
+
+
 def print_stats(stats) -> None:
     click.echo("=" * 10, err=True)
     for line in stats.lines():
@@ -129,18 +171,26 @@ def print_stats(stats) -> None:
 @click.option("-p", "--prompt", required=True, help="The prompt ('-' reads standard input).")
 @click.option("--raw", is_flag=True, help="Do not wrap the prompt in the model's chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print ids, text and timing as JSON.")
+@click.option("--logprobs", default=None, type=click.IntRange(0, 20), metavar="N",
+              help="With --json: each token's log-probability and its N most likely alternatives.")
+@output_options
 @decoding_options
 def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: Any) -> None:
     """Generate from MODEL (a converted folder or any source; default: the bundled tiny-chat)."""
+    from edgegen.core.errors import ConfigError
     from edgegen.core.stats import GenerationStats
 
+    if opts.get("logprobs") is not None and not as_json:
+        raise ConfigError("--logprobs prints with --json; add --json")
     options, flags = split_options(opts)
     llm = load_model(model, flags)
     ids = prompt_ids(llm, read_prompt(prompt, llm), raw)
     if as_json:
         result = llm.generate(ids, options)
-        click.echo(json.dumps({"prompt_ids": ids, "token_ids": result.token_ids, "text": result.text,
-                               "timing": result.stats.timing()}))
+        out = {"prompt_ids": ids, "token_ids": result.token_ids, "text": result.text, "timing": result.stats.timing()}
+        if options.output.logprobs is not None:
+            out["logprobs"] = logprobs_json(llm.tokenizer, result.stats.logprobs)
+        click.echo(json.dumps(out))
         return
     stats = GenerationStats()
     for piece in llm.stream(ids, options, stats=stats):
@@ -152,6 +202,7 @@ def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: A
 @main.command()
 @click.argument("model", required=False)
 @click.option("--system", default=None, help="A system prompt.")
+@output_options
 @decoding_options
 def chat(model: str | None, system: str | None, **opts: Any) -> None:
     """Chat with MODEL (default: the bundled tiny-chat). /reset clears, /quit leaves; Ctrl-C stops a reply."""

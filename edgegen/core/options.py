@@ -8,6 +8,7 @@ Strategies read the part that concerns them (`sampling`, `speculative`, `kv`, ..
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -139,6 +140,44 @@ class SuperposedOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """What the output must be (constrained decoding) and what is reported with it.
+
+    At most one of `json_schema` (a JSON Schema as a dict or JSON text; {"type": "object"} is any
+    JSON object), `regex` (the whole output matches it) and `grammar` (Lark, or GBNF as llama.cpp
+    writes it). `logprobs`: None for none, else how many most likely alternatives (0-20) come with
+    each generated token's log-probability."""
+
+    json_schema: dict | str | None = None
+    regex: str | None = None
+    grammar: str | None = None
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json_schema", "regex", "grammar") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one output constraint, not {' and '.join(given)}")
+        if isinstance(self.json_schema, str):
+            try:
+                object.__setattr__(self, "json_schema", json.loads(self.json_schema))
+            except ValueError as exc:
+                raise ConfigError(f"json_schema is not valid JSON ({exc})") from None
+        if self.json_schema is not None and not isinstance(self.json_schema, (dict, bool)):
+            raise ConfigError(f"json_schema must be a JSON object (a JSON Schema), got {self.json_schema!r:.60}")
+        for name in ("regex", "grammar"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty string, got {value!r:.60}")
+        if self.logprobs is not None:
+            object.__setattr__(self, "logprobs", _number("logprobs", self.logprobs, int, 0, 20,
+                                                         hint=" (how many alternatives per token)"))
+
+    @property
+    def constrained(self) -> bool:
+        return self.json_schema is not None or self.regex is not None or self.grammar is not None
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerateOptions:
     """Everything a generation call can be asked for."""
 
@@ -150,6 +189,7 @@ class GenerateOptions:
     kv: KVOptions = KVOptions()
     diffusion: DiffusionOptions = DiffusionOptions()
     superposed: SuperposedOptions = SuperposedOptions()
+    output: OutputOptions = OutputOptions()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
@@ -192,4 +232,4 @@ class GenerateOptions:
 
 _TOP_LEVEL = ("max_tokens", "stop", "ignore_eos")
 _GROUPS = {"sampling": SamplingParams, "speculative": SpeculativeOptions, "kv": KVOptions,
-           "diffusion": DiffusionOptions, "superposed": SuperposedOptions}
+           "diffusion": DiffusionOptions, "superposed": SuperposedOptions, "output": OutputOptions}

@@ -158,6 +158,21 @@ def require(model: LanguageModel, needed: Capability, what: str) -> None:
                               "does not offer; convert the model with this edgegen version or choose another strategy")
 
 
+class TokenConstraint(Protocol):
+    """Which tokens may come next so that the generated text stays in a grammar (a JSON schema, a
+    regular expression, a Lark grammar). Keyed by the whole history (prompt + generated, as the
+    sampler sees it), so one constraint serves every strategy: plain decoding, the verification
+    rows of speculative decoding, a draft model's own sampling."""
+
+    def allowed(self, history: Sequence[int]) -> np.ndarray:
+        """bool (vocab,): the tokens that may follow `history`."""
+        ...
+
+    def valid_prefix(self, history: Sequence[int], tokens: Sequence[int]) -> int:
+        """How many of `tokens`, in order after `history`, keep the text in the grammar."""
+        ...
+
+
 class Tokenizer(Protocol):
     eos_token_ids: tuple[int, ...]
     bos_token_id: int | None

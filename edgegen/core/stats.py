@@ -7,6 +7,16 @@ import dataclasses
 from typing import Any
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the `top` most likely tokens at its position,
+    (token id, log-probability) by decreasing probability."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclasses.dataclass
 class GenerationStats:
     prompt_tokens: int = 0  # tokens actually run through the model (cached prefix excluded)
@@ -20,6 +30,7 @@ class GenerationStats:
     accepted: int = 0  # speculative: proposals the target kept
     draft_length: float = 0.0  # speculative: mean draft length per verification (0: plain decoding)
     strategy: str = "autoregressive"
+    logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)  # one per generated token, if asked
 
     @property
     def prefill_tokens_per_s(self) -> float:

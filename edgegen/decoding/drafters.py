@@ -78,7 +78,7 @@ class ModelDrafter:
             return Proposal([], None)
         if self._for is not sampler:  # the draft samples with the target's settings, from its own stream
             seed = None if sampler.params.seed is None else sampler.params.seed + 1
-            self.sampler, self._for = Sampler(dataclasses.replace(sampler.params, seed=seed)), sampler
+            self.sampler, self._for = sampler.derived(dataclasses.replace(sampler.params, seed=seed)), sampler
         t0 = time.perf_counter()
         logits, caught_up = self.session.prefill(list(history))
         catch_up = time.perf_counter() - t0

@@ -1,5 +1,10 @@
-"""Turning logits into tokens: repetition penalty, temperature, top-k, top-p, min-p (in the order
-transformers applies them). Seeded samplers are reproducible."""
+"""Turning logits into tokens: repetition penalty, an output constraint's mask, temperature, top-k,
+top-p, min-p (in the order transformers applies them). Seeded samplers are reproducible.
+
+Log-probabilities (when asked for) are reported from the distribution the token was decided from,
+before truncation: log_softmax of the logits after the repetition penalty and the grammar mask,
+divided by the temperature (1 for greedy decoding); top-k, top-p and min-p only choose which
+tokens may be drawn."""
 
 from __future__ import annotations
 
@@ -8,19 +13,30 @@ from typing import Sequence
 import numpy as np
 
 from edgegen.core.options import SamplingParams
+from edgegen.core.protocols import TokenConstraint
+from edgegen.core.stats import TokenLogprob
 
 __all__ = ["Sampler", "SamplingParams"]
 
 
 class Sampler:
-    """Callable `(logits (vocab,), history) -> token id`; `probs` gives the distribution it samples."""
+    """Callable `(logits (vocab,), history) -> token id`; `probs` gives the distribution it samples.
+    `constraint` masks the tokens that would leave an output grammar; with `top_logprobs` (0-20)
+    every decided token's log-probability is kept in `decided`, by position (len(history))."""
 
-    def __init__(self, params: SamplingParams | None = None):
+    def __init__(self, params: SamplingParams | None = None, constraint: TokenConstraint | None = None,
+                 top_logprobs: int | None = None):
         self.params = params or SamplingParams()
         self.rng = np.random.default_rng(self.params.seed)
+        self.constraint, self.top_logprobs = constraint, top_logprobs
+        self.decided: dict[int, TokenLogprob] = {}
+
+    def derived(self, params: SamplingParams) -> "Sampler":
+        """A sampler for a draft model: other settings, the same constraint, no log-probabilities."""
+        return Sampler(params, self.constraint)
 
     def process(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
-        """Logits after the repetition penalty (float64, (vocab,))."""
+        """Logits after the repetition penalty and the constraint's mask (float64, (vocab,))."""
         logits = np.asarray(logits, dtype=np.float64)
         penalty = self.params.repetition_penalty
         if penalty != 1.0 and len(history):
@@ -28,7 +44,23 @@ class Sampler:
             picked = logits[seen]
             logits = logits.copy()
             logits[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
+        if self.constraint is not None:
+            allowed = self.constraint.allowed(history)
+            logits = np.where(_fit(allowed, logits.size), logits, -np.inf)
         return logits
+
+    def record(self, logits: np.ndarray, history: Sequence[int], token: int) -> None:
+        """Keep `token`'s log-probability at its position (only when log-probabilities are asked for)."""
+        if self.top_logprobs is None:
+            return
+        z = self.process(logits, history) / (self.params.temperature or 1.0)
+        finite = z[np.isfinite(z)]
+        logp = z - (finite.max() + np.log(np.exp(finite - finite.max()).sum()))
+        k = min(self.top_logprobs, int(np.isfinite(logp).sum()))
+        top = np.argpartition(-logp, k - 1)[:k] if k else np.zeros(0, np.int64)
+        top = top[np.argsort(-logp[top], kind="stable")]
+        self.decided[len(history)] = TokenLogprob(int(token), float(logp[token]),
+                                                  tuple((int(t), float(logp[t])) for t in top))
 
     def probs(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
         """The exact distribution `__call__` draws from, float64 (vocab,)."""
@@ -49,12 +81,26 @@ class Sampler:
         return probs / probs.sum()
 
     def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        token = self._decide(logits, history)
+        self.record(logits, history, token)
+        return token
+
+    def _decide(self, logits: np.ndarray, history: Sequence[int]) -> int:
         if self.params.greedy:
-            if self.params.repetition_penalty == 1.0:
+            if self.params.repetition_penalty == 1.0 and self.constraint is None:
                 return int(np.argmax(logits))  # the hot path: no copy of the logits
             return int(np.argmax(self.process(logits, history)))
         probs = self.probs(logits, history)
         return int(self.rng.choice(probs.size, p=probs))
+
+
+def _fit(mask: np.ndarray, size: int) -> np.ndarray:
+    """A vocabulary mask cut or padded (with False) to the logits' width."""
+    if mask.size == size:
+        return mask
+    out = np.zeros(size, dtype=bool)
+    out[: min(size, mask.size)] = mask[:size]
+    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -108,13 +108,17 @@ def _verify(session: Session, history: list[int], proposal: Proposal, sampler: S
     more) and how many drafts were accepted; the cache is rolled back to the accepted prefix."""
     vocab = session.model.vocab_size
     cut = next((i for i, t in enumerate(proposal.tokens) if not 0 <= t < vocab), len(proposal.tokens))
+    judged = cut + 1
+    if sampler.constraint is not None and cut:  # drafts past the grammar have p = 0: never verify them
+        fits = sampler.constraint.valid_prefix(history, proposal.tokens[:cut])
+        cut, judged = min(cut, fits), min(judged, fits)
     drafts = proposal.tokens[:cut]  # a larger draft vocabulary may propose ids the target lacks (p = 0)
     base = len(history) - 1
     rows = session.feed([history[-1], *drafts], last_only=False)  # (γ + 1, vocab)
     stats.forwards += 1
     # The first id the target lacks (if any) is judged too: p = 0 there, so it is rejected and the
     # next token comes from the residual, from the row the fed prefix already gives.
-    accepted, extra = _accept(rows, proposal.tokens[: cut + 1], proposal.probs, history, sampler)
+    accepted, extra = _accept(rows, proposal.tokens[:judged], proposal.probs, history, sampler)
     session.rewind(base + 1 + accepted)  # keep the last token and the accepted drafts
     stats.drafted += len(drafts)
     stats.accepted += accepted
@@ -138,7 +142,10 @@ def _accept(rows: np.ndarray, drafts: list[int], q: list[np.ndarray] | None, his
             qx = 1.0 if q is None else q[i][x]  # x may lie past the target's vocabulary
             px = p[x] if x < p.size else 0.0
             if sampler.rng.random() * qx >= px:  # rejected: accept iff r <= p/q
-                return i, _sample(_residual(p, qi, x), sampler)
+                extra = _sample(_residual(p, qi, x), sampler)
+                sampler.record(rows[i], context, extra)
+                return i, extra
+            sampler.record(rows[i], context, x)
         context.append(x)
     return len(drafts), sampler(rows[len(drafts)], context)
 

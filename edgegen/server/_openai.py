@@ -14,12 +14,13 @@ from typing import Any
 
 from edgegen.core.errors import ConfigError
 from edgegen.core.options import GenerateOptions
-from edgegen.core.stats import GenerationStats
+from edgegen.core.stats import GenerationStats, TokenLogprob
 
 # Fields each route understands itself (besides edgegen's options, `GenerateOptions.keys()`).
-_SHARED = {"model", "stream", "stream_options", "n", "max_tokens", "user"}
-CHAT_FIELDS = _SHARED | {"messages", "max_completion_tokens"}
+_SHARED = {"model", "stream", "stream_options", "n", "max_tokens", "user", "response_format", "logprobs"}
+CHAT_FIELDS = _SHARED | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETION_FIELDS = _SHARED | {"prompt"}
+MAX_TOP_LOGPROBS = 20
 
 
 class ApiError(Exception):
@@ -69,10 +70,56 @@ def parse_request(body: Any, *, chat: bool, defaults: GenerateOptions) -> Reques
     if chat and "max_completion_tokens" in body and "max_tokens" not in body:
         body["max_tokens"] = body["max_completion_tokens"]
     known = CHAT_FIELDS if chat else COMPLETION_FIELDS
-    option_names = set(GenerateOptions.keys())
-    options = build_options(defaults, {k: v for k, v in body.items() if k in option_names})
+    option_names = set(GenerateOptions.keys()) - {"logprobs"}  # OpenAI's own field of that name, below
+    given = {k: v for k, v in body.items() if k in option_names}
+    given.update(_response_format(body.get("response_format")))
+    logprobs = _logprobs(body, chat)
+    if logprobs is not None:
+        given["logprobs"] = logprobs
+    options = build_options(defaults, given)
     ignored = sorted(k for k, v in body.items() if k not in known and k not in option_names and _set(v))
     return Request(chat, prompt, options, stream, include_usage and stream, ignored)
+
+
+def _response_format(value: Any) -> dict[str, Any]:
+    """OpenAI's response_format as edgegen's output options: text (none), json_object (any JSON
+    object), json_schema ({"json_schema": {"name", "schema", "strict"}}; always enforced)."""
+    if value is None:
+        return {}
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_schema": {"type": "object"}}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, (dict, bool)):
+            raise bad("response_format.json_schema must be an object with a \"schema\" object",
+                      "response_format.json_schema")
+        return {"json_schema": schema}
+    raise bad("response_format.type must be text, json_object or json_schema", "response_format")
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives per token: chat has logprobs (true/false) + top_logprobs (0-20),
+    completions an integer logprobs (the alternatives)."""
+    if chat:
+        wanted, top = body.get("logprobs", False), body.get("top_logprobs")
+        if not isinstance(wanted, bool):
+            raise bad(f"logprobs must be true or false, got {wanted!r}", "logprobs")
+        if top is not None and not wanted:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs")
+        if not wanted:
+            return None
+        value, name = (0 if top is None else top), "top_logprobs"
+    else:
+        if "logprobs" not in body:
+            return None
+        value, name = body["logprobs"], "logprobs"
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise bad(f"{name} must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {value!r}", name)
+    return value
 
 
 def build_options(defaults: GenerateOptions, given: dict[str, Any]) -> GenerateOptions:
@@ -166,9 +213,34 @@ def finish_reason(stats: GenerationStats) -> str:
 class Shaper:
     """Builds the bodies of one response (same id, creation time and model in every chunk)."""
 
-    def __init__(self, request: Request, model_id: str, prompt_len: int):
+    def __init__(self, request: Request, model_id: str, prompt_len: int, token_text: Any = None):
         self.request, self.model_id, self.prompt_len = request, model_id, prompt_len
         self.id, self.created = new_id(request.chat), int(time.time())
+        self.token_text = token_text  # id -> its text, for log-probabilities
+        self.sent = 0  # log-probabilities already streamed
+
+    def logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        """OpenAI's logprobs object for `entries` (None when the request did not ask)."""
+        if self.request.options.output.logprobs is None:
+            return None
+        text = self.token_text
+        if self.request.chat:
+            def item(token: int, value: float) -> dict[str, Any]:
+                piece = text(token)
+                return {"token": piece, "logprob": value, "bytes": list(piece.encode("utf-8"))}
+
+            return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
+                                for e in entries], "refusal": None}
+        pieces = [text(e.token) for e in entries]
+        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+        return {"tokens": pieces, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{text(t): v for t, v in e.top} for e in entries], "text_offset": offsets}
+
+    def fresh(self, stats: GenerationStats) -> list[TokenLogprob]:
+        """The log-probabilities decided since the last chunk."""
+        entries = stats.logprobs[self.sent:]
+        self.sent += len(entries)
+        return entries
 
     def _envelope(self, choices: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
         if self.request.chat:
@@ -180,7 +252,8 @@ class Shaper:
 
     def response(self, text: str, stats: GenerationStats) -> dict[str, Any]:
         """The whole (non-streaming) response, with edgegen's `timing` beside OpenAI's `usage`."""
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish_reason(stats)}
+        choice: dict[str, Any] = {"index": 0, "logprobs": self.logprobs(stats.logprobs),
+                                  "finish_reason": finish_reason(stats)}
         if self.request.chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -188,17 +261,19 @@ class Shaper:
         return {**self._envelope([choice], False), "usage": usage(self.prompt_len, stats),
                 "timing": stats.timing()}
 
-    def chunk(self, text: str | None = None, *, role: bool = False, stats: GenerationStats | None = None
-              ) -> dict[str, Any]:
-        """A streamed piece of text; `role` opens a chat stream, `stats` closes the choice."""
+    def chunk(self, text: str | None = None, *, role: bool = False, stats: GenerationStats | None = None,
+              tokens: list[TokenLogprob] | None = None) -> dict[str, Any]:
+        """A streamed piece of text; `role` opens a chat stream, `stats` closes the choice;
+        `tokens` are the log-probabilities that came with the piece."""
         reason = finish_reason(stats) if stats is not None else None
+        logprobs = self.logprobs(tokens) if tokens else None
         if self.request.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
         else:
-            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}
         out = self._envelope([choice], True)
         if stats is not None:
             out["timing"] = stats.timing()

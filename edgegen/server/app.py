@@ -82,6 +82,9 @@ class Service:
                       "shorten it", param, "context_length_exceeded")
         return ids
 
+    def token_text(self, token: int) -> str:
+        return self.model.tokenizer.decode([token], skip_special_tokens=False)
+
     def model_card(self) -> dict[str, Any]:
         manifest = self.model.manifest
         return {"id": self.model_id, "object": "model", "created": 0, "owned_by": "edgegen",
@@ -171,7 +174,7 @@ async def _generate(http: HttpRequest, *, chat: bool) -> Response:
         return error(exc)
     except ClientDisconnect:  # left while sending its body
         return Response(status_code=499)
-    shaper = Shaper(request, service.model_id, len(ids))
+    shaper = Shaper(request, service.model_id, len(ids), service.token_text)
     headers = _warning(request.ignored)
     if request.stream:
         return EventStream(_events(job, shaper), headers={**headers, "Cache-Control": "no-cache"})
@@ -243,8 +246,8 @@ async def _events(job: Job, shaper: Shaper) -> AsyncIterator[bytes]:
         if shaper.request.chat:
             yield sse(shaper.chunk(role=True))
         async for piece in job.events():
-            yield sse(shaper.chunk(piece))
-        yield sse(shaper.chunk(stats=job.stats))
+            yield sse(shaper.chunk(piece, tokens=shaper.fresh(job.stats)))
+        yield sse(shaper.chunk(stats=job.stats, tokens=shaper.fresh(job.stats)))
         if shaper.request.include_usage:
             yield sse(shaper.usage_chunk(job.stats))
     except ApiError as exc:
