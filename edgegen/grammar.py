@@ -19,6 +19,7 @@ import numpy as np
 
 from edgegen.core.errors import BackendUnavailable, ConfigError, InferenceError
 from edgegen.core.options import OutputOptions
+from edgegen.tools import call_grammar, tool_format
 
 KINDS = ("json_schema", "regex", "grammar")
 # JSON as json.dumps writes it, no free whitespace: a small model given "any whitespace" may spend
@@ -42,7 +43,7 @@ def constraint_for(output: OutputOptions, tokenizer: Any, vocab_size: int, stop_
     if not output.constrained:
         return None
     llg = _llguidance()
-    grammar = compile_grammar(output)
+    grammar = compile_grammar(output, getattr(tokenizer, "chat_template", None))
     tok = _tokenizer(tokenizer, vocab_size, tuple(stop_ids))
     error = llg.LLMatcher.validate_grammar(grammar, tok)
     if error and not error.startswith("WARNING"):
@@ -50,13 +51,16 @@ def constraint_for(output: OutputOptions, tokenizer: Any, vocab_size: int, stop_
     matcher = llg.LLMatcher(tok, grammar, log_level=0)
     if matcher.is_error():
         raise ConfigError(f"the {_what(output)} cannot be used: {' '.join(matcher.get_error().split())[:300]}")
-    return GrammarConstraint(matcher, prompt_length, vocab_size)
+    return GrammarConstraint(matcher, prompt_length, vocab_size, tok.vocab_size)
 
 
-def compile_grammar(output: OutputOptions) -> str:
-    """llguidance's grammar text for the constraint in `output`."""
+def compile_grammar(output: OutputOptions, chat_template: str | None = None) -> str:
+    """llguidance's grammar text for the constraint in `output` (tool calls in the format of
+    `chat_template`)."""
     llg = _llguidance()
     try:
+        if output.calls_possible:
+            return llg.LLMatcher.grammar_from_lark(call_grammar(output, tool_format(chat_template), JSON_LAYOUT))
         if output.json_schema is not None:
             return llg.LLMatcher.grammar_from_json_schema(output.json_schema, defaults=JSON_LAYOUT)
         if output.regex is not None:
@@ -73,6 +77,8 @@ def compile_grammar(output: OutputOptions) -> str:
 
 
 def _what(output: OutputOptions) -> str:
+    if output.calls_possible:
+        return "tools' parameter schemas"
     return {"json_schema": "JSON schema", "regex": "regular expression", "grammar": "grammar"}[
         next(k for k in KINDS if getattr(output, k) is not None)]
 
@@ -106,15 +112,17 @@ class GrammarConstraint:
     """A TokenConstraint over one llguidance matcher, kept in step with the history it is asked
     about: rolled back to the common prefix, then fed the new tokens."""
 
-    def __init__(self, matcher: Any, prompt_length: int, vocab_size: int):
+    def __init__(self, matcher: Any, prompt_length: int, vocab_size: int, grammar_vocab: int | None = None):
         self.matcher, self.start, self.vocab_size = matcher, prompt_length, vocab_size
         self.consumed: list[int] = []
+        # The mask, 32 tokens a word, as long as llguidance's vocabulary (it may pad the model's).
+        self._words = np.empty((max(grammar_vocab or 0, vocab_size) + 31) // 32, dtype=np.int32)
 
     def allowed(self, history: Sequence[int]) -> np.ndarray:
         if not self._sync(history):  # past the grammar's end (a draft went on after EOS): never emitted
             return np.ones(self.vocab_size, dtype=bool)
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        return np.unpackbits(bits, bitorder="little")[: self.vocab_size].astype(bool)
+        self.matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        return np.unpackbits(self._words.view(np.uint8), bitorder="little")[: self.vocab_size].view(bool)
 
     def valid_prefix(self, history: Sequence[int], tokens: Sequence[int]) -> int:
         if not self._sync(history):
@@ -125,11 +133,9 @@ class GrammarConstraint:
         """Bring the matcher to the state after `history`; False when the history runs on past
         where the grammar accepts tokens (after its end)."""
         generated = [int(t) for t in history[self.start:]]
-        same = 0
-        for a, b in zip(self.consumed, generated):
-            if a != b:
-                break
-            same += 1
+        same = len(self.consumed)
+        if generated[:same] != self.consumed:  # a rollback: find where the histories part
+            same = next((i for i, (a, b) in enumerate(zip(self.consumed, generated)) if a != b), len(generated))
         if same < len(self.consumed):
             self.matcher.rollback(len(self.consumed) - same)
             del self.consumed[same:]

@@ -129,10 +129,10 @@ def test_a_growing_conversation_reruns_only_new_tokens(client):
 def test_edgegen_options_ride_as_extra_fields(client):
     raw = client.chat.completions.with_raw_response.create(
         model="m", messages=[{"role": "user", "content": QUESTION}], max_tokens=8,
-        extra_body={"top_k": 1, "repetition_penalty": 1.2, "min_p": 0.05, "frobnicate": 3, "parallel_tool_calls": 1})
+        extra_body={"top_k": 1, "repetition_penalty": 1.2, "min_p": 0.05, "frobnicate": 3, "logit_bias": {"5": 1}})
     reply = raw.parse()
     assert reply.choices[0].message.content
-    assert raw.headers["x-edgegen-warning"] == "ignored unsupported fields: frobnicate, parallel_tool_calls"
+    assert raw.headers["x-edgegen-warning"] == "ignored unsupported fields: frobnicate, logit_bias"
     assert reply.model_extra["timing"]["generated_tokens"] == reply.usage.completion_tokens
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],

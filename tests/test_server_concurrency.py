@@ -56,6 +56,7 @@ class Paced:
         self.model, self.tokenizer, self.manifest = model, model.tokenizer, model.manifest
         self.pause, self.gate = pause, threading.Event()
         self.gate.set()
+        self.encode_chat = model.encode_chat
 
     def stream(self, *args, **kwargs):
         inner = self.model.stream(*args, **kwargs)

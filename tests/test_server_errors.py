@@ -109,6 +109,7 @@ class Broken:
 
     def __init__(self, model):
         self.model, self.tokenizer, self.manifest = model, model.tokenizer, model.manifest
+        self.encode_chat = model.encode_chat
 
     def stream(self, *args, **kwargs):
         inner = self.model.stream(*args, **kwargs)

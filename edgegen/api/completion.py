@@ -11,6 +11,7 @@ from edgegen.core.options import GenerateOptions
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding import ngram
 from edgegen.decoding.superposed import Superposed, SuperposedSettings
+from edgegen.grammar import constraint_for
 
 if TYPE_CHECKING:
     from edgegen.api.model import Model
@@ -60,7 +61,9 @@ def run(model: "Model", ids: list[int], options: GenerateOptions, stats: Generat
     store = store_for(model, sup.ngram)
     settings = SuperposedSettings(drafts=sup.drafts, ngram_weight=sup.ngram_weight)
     stop_ids = () if options.ignore_eos else model.tokenizer.eos_token_ids
-    engine = Superposed(model._session_for(options), settings, store, stop_ids)
+    constraint = constraint_for(options.output, model.tokenizer, model.backend.vocab_size,
+                                model.tokenizer.eos_token_ids, len(ids))
+    engine = Superposed(model._session_for(options), settings, store, stop_ids, constraint)
     for drafts in engine.run(ids, options.max_tokens, stats):
         out = [CompletionDraft(model.tokenizer.decode(d.tokens), list(d.tokens), d.score, d.perplexity, d.finished)
                for d in drafts]

@@ -18,16 +18,17 @@ from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
-from edgegen.core.options import DiffusionOptions, GenerateOptions, OutputOptions, SpeculativeOptions
+from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeOptions
 from edgegen.core.outputs import atomic_file
 from edgegen.core.protocols import KVSpec, LanguageModel
-from edgegen.core.stats import GenerationStats
+from edgegen.core.stats import GenerationStats, ToolCall
 from edgegen.decoding import block_diffusion, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
 from edgegen.grammar import constraint_for
 from edgegen.tokenizer import StreamDecoder, Tokenizer
+from edgegen.tools import CallFilter, chat_prompt, tool_format
 
 if TYPE_CHECKING:
     from edgegen.api.completion import Completion
@@ -38,9 +39,13 @@ KV_AUTO_TOKENS = 512
 
 @dataclasses.dataclass
 class Generation:
-    text: str
+    text: str  # the reply's text (its tool calls, if any, taken out)
     token_ids: list[int]
     stats: GenerationStats
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.stats.tool_calls
 
 
 def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
@@ -124,12 +129,23 @@ class Model:
 
     def chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None,
              **kwargs: Any) -> Generation:
-        """Reply to `messages` ([{"role": ..., "content": ...}]) using the model's chat template."""
-        return self.generate(self.tokenizer.encode_chat(messages), options, **kwargs)
+        """Reply to `messages` ([{"role": ..., "content": ...}]) using the model's chat template.
+        With `tools` (OpenAI's function list) and `tool_choice`, the reply's calls are in
+        `.tool_calls` (and `stats.finish_reason` is "tool_calls"); feed results back as
+        {"role": "tool", "tool_call_id": ..., "content": ...} after the assistant's message."""
+        options = GenerateOptions.from_kwargs(options, **kwargs)
+        return self.generate(self.encode_chat(messages, options), options)
 
     def stream_chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None, *,
                     stats: GenerationStats | None = None, **kwargs: Any) -> Iterator[str]:
-        return self.stream(self.tokenizer.encode_chat(messages), options, stats=stats, **kwargs)
+        """The reply's text as it comes; tool calls land in `stats.tool_calls` at the end."""
+        options = GenerateOptions.from_kwargs(options, **kwargs)
+        return self.stream(self.encode_chat(messages, options), options, stats=stats)
+
+    def encode_chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None) -> list[int]:
+        """The prompt ids of `messages` as the chat template renders them, with `options`' tools."""
+        messages, extra = chat_prompt(messages, (options or GenerateOptions()).output, self.tokenizer.chat_template)
+        return self.tokenizer.encode_chat(messages, **extra)
 
     def complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
                  **kwargs: Any) -> "Completion":
@@ -148,9 +164,12 @@ class Model:
         if options is None:
             kwargs.setdefault("max_tokens", 16)  # completions are short
         options = GenerateOptions.from_kwargs(options, **kwargs)
-        if options.output != OutputOptions():
-            raise ConfigError("a JSON schema, regex, grammar or logprobs are not offered for superposed drafts "
-                              "(`complete`) yet; use generate or chat")
+        if options.output.logprobs is not None or options.output.tools:
+            raise ConfigError("logprobs and tools are not offered for superposed drafts (`complete`); "
+                              "use generate or chat")
+        if options.output.constrained and options.ignore_eos:
+            raise ConfigError("ignore_eos cannot be combined with a JSON schema, regex or grammar: the output "
+                              "ends where its grammar does")
         ids = self._encode(prompt)
         stats = GenerationStats()
         with self._locked():
@@ -189,6 +208,7 @@ class Model:
                     token_sink: list[int] | None) -> Iterator[str]:
         decoder = StreamDecoder(self.tokenizer)
         text = StopText(list(options.stop))
+        calls = self._call_filter(options)
         tokens = self._tokens(ids, options, sampler, stats, lambda _: text.hit)
         try:
             for token in tokens:
@@ -196,15 +216,25 @@ class Model:
                     token_sink.append(token)
                 if options.output.logprobs is not None:
                     stats.logprobs.append(sampler.decided[len(ids) + len(stats.logprobs)])
-                piece = text.push(decoder.push(token))
+                piece = calls.push(text.push(decoder.push(token)))
                 if piece:
                     yield piece
-            tail = text.push(decoder.flush(), final=True)
-            if tail:
-                yield tail
+            tail = calls.push(text.push(decoder.flush(), final=True))
+            rest, stats.tool_calls = calls.finish()
+            if stats.tool_calls:
+                stats.finish_reason = "tool_calls"
+            if tail + rest:
+                yield tail + rest
         finally:
             tokens.close()
             self._record_peak(stats)
+
+    def _call_filter(self, options: GenerateOptions) -> "CallFilter | _PassThrough":
+        """What splits the reply into text and tool calls (nothing to split without tools)."""
+        output = options.output
+        if not output.calls_possible:
+            return _PassThrough()
+        return CallFilter(tool_format(self.tokenizer.chat_template), [t["name"] for t in output.tools])
 
     def _record_peak(self, stats: GenerationStats) -> None:
         """The process's peak RSS, or the accelerator's peak where the runtime reports one (Metal)."""
@@ -316,6 +346,14 @@ class Model:
         if not ids:
             raise ConfigError("the prompt is empty: give at least one token")
         return [int(i) for i in ids]
+
+
+class _PassThrough:
+    def push(self, piece: str) -> str:
+        return piece
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        return "", []
 
 
 class _OwnedLock:

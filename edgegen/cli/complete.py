@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import click
 
 from edgegen.cli._app import main
+from edgegen.cli.generate import output_options
 
 
 @main.command()
@@ -25,14 +26,17 @@ from edgegen.cli._app import main
 @click.option("--provider", default=None, help="ONNX Runtime provider.")
 @click.option("--device", default=None, help="MLX device.")
 @click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None)
+@output_options
 def complete(model: str | None, prompt: str, drafts: int, ngram: str | None, ngram_weight: float | None,
-             max_tokens: int, chat: bool, stream: bool, as_json: bool, kv_bits: str | None, **flags: Any) -> None:
+             max_tokens: int, chat: bool, stream: bool, as_json: bool, kv_bits: str | None,
+             json_schema: Any, regex: str | None, grammar: str | None, **flags: Any) -> None:
     """Complete the prompt with K drafts from one pass (Superposed Decoding), as autocomplete does."""
     from edgegen.cli.generate import load_model, print_stats, prompt_ids, read_prompt
     from edgegen.core.options import GenerateOptions
 
     options = GenerateOptions.from_kwargs(drafts=drafts, ngram=ngram, ngram_weight=ngram_weight,
-                                          max_tokens=max_tokens, kv_bits=int(kv_bits) if kv_bits else None)
+                                          max_tokens=max_tokens, kv_bits=int(kv_bits) if kv_bits else None,
+                                          json_schema=json_schema, regex=regex, grammar=grammar)
     llm = load_model(model, flags)
     ids = prompt_ids(llm, read_prompt(prompt, llm), raw=not chat)
     result = None

@@ -146,12 +146,22 @@ class OutputOptions:
     At most one of `json_schema` (a JSON Schema as a dict or JSON text; {"type": "object"} is any
     JSON object), `regex` (the whole output matches it) and `grammar` (Lark, or GBNF as llama.cpp
     writes it). `logprobs`: None for none, else how many most likely alternatives (0-20) come with
-    each generated token's log-probability."""
+    each generated token's log-probability.
+
+    `tools`: functions the model may call, in OpenAI's shape ({"type": "function", "function":
+    {"name", "description", "parameters"}}; the inner object alone is accepted too); `tool_choice`:
+    "auto" (the default: text or calls), "none" (text; the tools are left out of the prompt),
+    "required" (at least one call) or one function ({"type": "function", "function": {"name"}} or
+    its name); `parallel_tool_calls`: whether a reply may hold more than one call (off by default,
+    as in llama.cpp's server: small models otherwise call on until max_tokens)."""
 
     json_schema: dict | str | None = None
     regex: str | None = None
     grammar: str | None = None
     logprobs: int | None = None
+    tools: tuple | list | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = False
 
     def __post_init__(self) -> None:
         given = [name for name in ("json_schema", "regex", "grammar") if getattr(self, name) is not None]
@@ -171,10 +181,75 @@ class OutputOptions:
         if self.logprobs is not None:
             object.__setattr__(self, "logprobs", _number("logprobs", self.logprobs, int, 0, 20,
                                                          hint=" (how many alternatives per token)"))
+        self._check_tools(given)
+
+    def _check_tools(self, constraints: list[str]) -> None:
+        if not isinstance(self.parallel_tool_calls, bool):
+            raise ConfigError(f"parallel_tool_calls must be true or false, got {self.parallel_tool_calls!r}")
+        if self.tools is None:
+            if self.tool_choice not in (None, "none", "auto"):
+                raise ConfigError("tool_choice needs tools: give the functions the model may call")
+            return
+        tools = tuple(_function(t, i) for i, t in enumerate(_listed(self.tools)))
+        names = [t["name"] for t in tools]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"tools name {twice[0]!r} more than once; give each function its own name")
+        object.__setattr__(self, "tools", tools)
+        choice = self.tool_choice if self.tool_choice is not None else "auto"
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            choice = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(choice, str):
+                raise ConfigError('tool_choice must be "auto", "none", "required" or '
+                                  '{"type": "function", "function": {"name": NAME}}')
+        if not isinstance(choice, str):
+            raise ConfigError(f"tool_choice must be auto, none, required or a function's name, got {choice!r:.60}")
+        if choice not in ("auto", "none", "required") and choice not in names:
+            raise ConfigError(f"tool_choice names {choice!r}, which is not among the tools ({', '.join(names)})")
+        object.__setattr__(self, "tool_choice", choice)
+        if constraints and self.calls_possible:
+            raise ConfigError(f"give either tools or {constraints[0]}, not both (set tool_choice to none "
+                              "to answer in the schema)")
+
+    @property
+    def calls_possible(self) -> bool:
+        """Whether tool calls may come out of this generation (tools given, tool_choice not none)."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def constrained(self) -> bool:
-        return self.json_schema is not None or self.regex is not None or self.grammar is not None
+        return (self.json_schema is not None or self.regex is not None or self.grammar is not None
+                or self.calls_possible)
+
+
+def _listed(tools: Any) -> list:
+    if isinstance(tools, (str, bytes, dict)) or not isinstance(tools, (list, tuple)) or not tools:
+        raise ConfigError("tools must be a non-empty list of functions "
+                          '({"type": "function", "function": {"name": ..., "parameters": {...}}})')
+    return list(tools)
+
+
+def _function(tool: Any, i: int) -> dict:
+    """One tool as {"name", "description", "parameters"}: OpenAI's wrapper or the function itself."""
+    where = f"tools[{i}]"
+    if isinstance(tool, dict) and tool.get("type", "function") != "function":
+        raise ConfigError(f"{where} has type {tool.get('type')!r}; only function tools are offered")
+    if isinstance(tool, dict) and "function" in tool:
+        tool = tool["function"]
+    if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise ConfigError(f"{where} must be a function with a name: "
+                          '{"type": "function", "function": {"name": ..., "parameters": {...}}}')
+    if not all(c.isalnum() or c in "_-." for c in tool["name"]) or len(tool["name"]) > 64:
+        raise ConfigError(f"{where}: a function name has at most 64 letters, digits, _, - or . "
+                          f"(got {tool['name']!r:.70})")
+    parameters = tool.get("parameters", {"type": "object", "properties": {}})
+    if not isinstance(parameters, dict):
+        raise ConfigError(f"{where}.parameters must be a JSON Schema object")
+    description = tool.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{where}.description must be a string")
+    return {"name": tool["name"], "description": description, "parameters": parameters}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,20 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made: `arguments` is JSON text, as OpenAI returns it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def openai(self, index: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "type": "function",
+                               "function": {"name": self.name, "arguments": self.arguments}}
+        return out if index is None else {"index": index, **out}
+
+
 @dataclasses.dataclass
 class GenerationStats:
     prompt_tokens: int = 0  # tokens actually run through the model (cached prefix excluded)
@@ -24,13 +38,14 @@ class GenerationStats:
     generated_tokens: int = 0
     decode_seconds: float = 0.0  # time for tokens after the first
     peak_memory_mb: float = 0.0
-    finish_reason: str = ""  # "stop" (EOS or stop string), "length" or "interrupted"
+    finish_reason: str = ""  # "stop" (EOS or stop string), "length", "tool_calls" or "interrupted"
     forwards: int = 0  # forward passes of the (target) model after the prompt
     drafted: int = 0  # speculative: tokens proposed by the drafter
     accepted: int = 0  # speculative: proposals the target kept
     draft_length: float = 0.0  # speculative: mean draft length per verification (0: plain decoding)
     strategy: str = "autoregressive"
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)  # one per generated token, if asked
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)  # the calls the reply made, if any
 
     @property
     def prefill_tokens_per_s(self) -> float:

@@ -13,6 +13,10 @@ draft with no support at all falls back to its LLM score minus a penalty). The b
 are split: those ending in EOS finish, the best k others become the new drafts. With k = 1 and
 α = 0 this is greedy decoding, token for token. It is not lossless and not an accelerator of one
 answer: it offers k different completions for the price of one pass (autocomplete).
+
+Under an output constraint (a JSON schema, regex or grammar) each draft masks the shared logits
+with what its grammar state allows before taking its own top tokens, so every draft stays in the
+grammar and a draft ends (EOS) only where the grammar may.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgegen.core.errors import ConfigError
-from edgegen.core.protocols import Capability, Feed, require
+from edgegen.core.protocols import Capability, Feed, TokenConstraint, require
 from edgegen.core.stats import GenerationStats
 from edgegen.decoding.autoregressive import Session, check_prompt
 from edgegen.decoding.ngram import NgramStore
@@ -62,7 +66,8 @@ class Draft:
 
 @dataclasses.dataclass
 class Trace:
-    """What each step offered, so a draft's score can be recomputed: step -> {token: log p_LLM}."""
+    """What each step offered, so a draft's score can be recomputed: step -> {token: log p_LLM}
+    (empty under a constraint, where each draft is offered its own tokens)."""
 
     llm_logprobs: list[dict[int, float]] = dataclasses.field(default_factory=list)
     alpha: float = 0.0
@@ -72,7 +77,7 @@ class Superposed:
     NEEDS = Capability.LOGITS | Capability.EMBEDDINGS | Capability.ROLLBACK
 
     def __init__(self, session: Session, settings: SuperposedSettings, store: NgramStore | None,
-                 stop_ids: Sequence[int] = ()):
+                 stop_ids: Sequence[int] = (), constraint: TokenConstraint | None = None):
         require(session.model, self.NEEDS, "superposed decoding")
         if settings.drafts < 1:
             raise ConfigError("--drafts must be at least 1")
@@ -81,6 +86,7 @@ class Superposed:
         self.sample = settings.sample or 3 * self.k
         self.alpha = settings.alpha(store is not None)
         self.trace = Trace(alpha=self.alpha)
+        self.constraint = constraint
 
     def run(self, prompt: Sequence[int], max_tokens: int, stats: GenerationStats) -> Iterator[list[Draft]]:
         """Yield the drafts (alive and finished, best first) after every step."""
@@ -107,22 +113,41 @@ class Superposed:
             self.session.rewind(base)  # the superposed entries go; the prompt stays for the next call
 
     def _step(self, prompt: Sequence[int], logits: np.ndarray, alive: list[Draft]) -> tuple[list[Draft], list[Draft]]:
-        tokens, logp = _top_logprobs(logits, self.settings.temperature, self.sample)
-        self.trace.llm_logprobs.append(dict(zip(tokens.tolist(), logp.tolist())))
-        scores = np.stack([d.score + self._mixed(list(prompt) + d.tokens, tokens, logp) for d in alive])  # (k, n)
-        order = np.argsort(-scores, axis=None, kind="stable")[: 2 * self.k]
+        offers = self._offers(prompt, logits, alive)  # per draft: (tokens, log p_LLM)
+        scores = np.concatenate([d.score + self._mixed(list(prompt) + d.tokens, tokens, logp)
+                                 for d, (tokens, logp) in zip(alive, offers)])  # (k·n,) draft-major
+        owner = np.concatenate([np.full(len(tokens), i) for i, (tokens, _) in enumerate(offers)])
+        offered = np.concatenate([tokens for tokens, _ in offers])
+        order = np.argsort(-scores, kind="stable")[: 2 * self.k]
         new_alive, done = [], []
         for flat in order:
-            d, j = divmod(int(flat), len(tokens))
-            score = float(scores[d, j])
+            d = int(owner[flat])
+            score = float(scores[flat])
             if not math.isfinite(score):
                 continue
-            token = int(tokens[j])
+            token = int(offered[flat])
             if token in self.stop:
                 done.append(Draft(alive[d].tokens, score, finished=True))
             elif len(new_alive) < self.k:
                 new_alive.append(Draft(alive[d].tokens + [token], score))
         return new_alive, done
+
+    def _offers(self, prompt: Sequence[int], logits: np.ndarray,
+                alive: list[Draft]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The tokens each draft may extend with: the shared top tokens, or under a constraint the
+        top tokens of what the draft's grammar state allows."""
+        if self.constraint is None:
+            tokens, logp = _top_logprobs(logits, self.settings.temperature, self.sample)
+            self.trace.llm_logprobs.append(dict(zip(tokens.tolist(), logp.tolist())))
+            return [(tokens, logp)] * len(alive)
+        self.trace.llm_logprobs.append({})
+        offers = []
+        for d in alive:
+            allowed = self.constraint.allowed(list(prompt) + d.tokens)
+            masked = np.where(allowed[: logits.shape[-1]], logits, -np.inf)
+            tokens, logp = _top_logprobs(masked, self.settings.temperature, max(1, min(self.sample, int(allowed.sum()))))
+            offers.append((tokens, logp))
+        return offers
 
     def _mixed(self, context: list[int], tokens: np.ndarray, logp: np.ndarray) -> np.ndarray:
         """(1 − α) log p_LLM + α log P_ngram for each candidate token, in this draft's context."""

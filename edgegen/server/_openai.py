@@ -18,7 +18,8 @@ from edgegen.core.stats import GenerationStats, TokenLogprob
 
 # Fields each route understands itself (besides edgegen's options, `GenerateOptions.keys()`).
 _SHARED = {"model", "stream", "stream_options", "n", "max_tokens", "user", "response_format", "logprobs"}
-CHAT_FIELDS = _SHARED | {"messages", "max_completion_tokens", "top_logprobs"}
+TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+CHAT_FIELDS = _SHARED | {"messages", "max_completion_tokens", "top_logprobs", *TOOL_FIELDS}
 COMPLETION_FIELDS = _SHARED | {"prompt"}
 MAX_TOP_LOGPROBS = 20
 
@@ -70,6 +71,9 @@ def parse_request(body: Any, *, chat: bool, defaults: GenerateOptions) -> Reques
     if chat and "max_completion_tokens" in body and "max_tokens" not in body:
         body["max_tokens"] = body["max_completion_tokens"]
     known = CHAT_FIELDS if chat else COMPLETION_FIELDS
+    if not chat and any(name in body for name in TOOL_FIELDS):
+        raise bad("tools are offered on /v1/chat/completions, where the chat template can show them to the model",
+                  next(name for name in TOOL_FIELDS if name in body))
     option_names = set(GenerateOptions.keys()) - {"logprobs"}  # OpenAI's own field of that name, below
     given = {k: v for k, v in body.items() if k in option_names}
     given.update(_response_format(body.get("response_format")))
@@ -207,7 +211,7 @@ def usage(prompt_len: int, stats: GenerationStats) -> dict[str, Any]:
 
 
 def finish_reason(stats: GenerationStats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
+    return stats.finish_reason if stats.finish_reason in ("length", "tool_calls") else "stop"
 
 
 class Shaper:
@@ -256,6 +260,9 @@ class Shaper:
                                   "finish_reason": finish_reason(stats)}
         if self.request.chat:
             choice["message"] = {"role": "assistant", "content": text}
+            if stats.tool_calls:
+                choice["message"] = {"role": "assistant", "content": text or None,
+                                     "tool_calls": [call.openai() for call in stats.tool_calls]}
         else:
             choice["text"] = text
         return {**self._envelope([choice], False), "usage": usage(self.prompt_len, stats),
@@ -278,6 +285,15 @@ class Shaper:
         if stats is not None:
             out["timing"] = stats.timing()
         return out
+
+    def calls_chunk(self, stats: GenerationStats) -> dict[str, Any] | None:
+        """The reply's tool calls as one delta (each call whole: they are parsed once complete);
+        None when it made none."""
+        if not (self.request.chat and stats.tool_calls):
+            return None
+        calls = [call.openai(i) for i, call in enumerate(stats.tool_calls)]
+        return self._envelope([{"index": 0, "delta": {"tool_calls": calls}, "logprobs": None,
+                                "finish_reason": None}], True)
 
     def usage_chunk(self, stats: GenerationStats) -> dict[str, Any]:
         """The last chunk when `stream_options.include_usage`: no choices, only usage."""

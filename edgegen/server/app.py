@@ -70,7 +70,7 @@ class Service:
             if not tokenizer.chat_template:
                 raise bad("this model has no chat template; use /v1/completions with a plain prompt", param)
             try:
-                ids = tokenizer.encode_chat(request.prompt)
+                ids = self.model.encode_chat(request.prompt, request.options)
             except ConfigError as exc:
                 raise bad(str(exc), param) from None
         else:
@@ -247,6 +247,9 @@ async def _events(job: Job, shaper: Shaper) -> AsyncIterator[bytes]:
             yield sse(shaper.chunk(role=True))
         async for piece in job.events():
             yield sse(shaper.chunk(piece, tokens=shaper.fresh(job.stats)))
+        calls = shaper.calls_chunk(job.stats)
+        if calls is not None:
+            yield sse(calls)
         yield sse(shaper.chunk(stats=job.stats, tokens=shaper.fresh(job.stats)))
         if shaper.request.include_usage:
             yield sse(shaper.usage_chunk(job.stats))
