@@ -63,10 +63,14 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
         from edgegen.images import load_image_model
 
         return load_image_model(folder, manifest, provider, device=device, threads=threads)
-    if manifest.runtime == "onnx":
+    if manifest.runtime == "onnx" and manifest.target == "npu":
+        from edgegen.runtimes.onnx.npu import NpuLanguageModel
+
+        backend: LanguageModel = NpuLanguageModel(folder, manifest, provider, threads)
+    elif manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
 
-        backend: LanguageModel = OnnxLanguageModel(folder, manifest, provider, threads, spinning=not _draft)
+        backend = OnnxLanguageModel(folder, manifest, provider, threads, spinning=not _draft)
     elif manifest.runtime == "mlx":
         from edgegen.runtimes.mlx.backend import MLXLanguageModel
 

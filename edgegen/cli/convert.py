@@ -14,18 +14,24 @@ from edgegen.cli._app import main
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--runtime", type=click.Choice(["mlx", "onnx"]), default="onnx", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--quant", type=click.Choice(["none", "q8", "q4"]), default="none", show_default=True)
+@click.option("--quant", type=click.Choice(["none", "q8", "q4", "fp16"]), default="none", show_default=True,
+              help="Weights: q8/q4 (CPU graphs, MLX); none (fp32) or fp16 for --target npu.")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Quantization group size (default 32 for ONNX, 64 for MLX).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--force", is_flag=True, help="Replace OUT if it is a previous edgegen output (or an empty folder).")
+@click.option("--target", type=click.Choice(["cpu", "npu"]), default="cpu", show_default=True,
+              help="onnx: npu writes static-shape graphs of standard ops for NPU execution providers.")
+@click.option("--context", type=int, default=None, help="--target npu: the KV cache's capacity (default 1024).")
+@click.option("--chunk", type=int, default=None, help="--target npu: inputs per chunk graph run (default 16).")
 def convert(src: str, out: Path, runtime: str, dtype: str, quant: str, group_size: str | None,
-            revision: str | None, force: bool) -> None:
+            revision: str | None, force: bool, target: str, context: int | None, chunk: int | None) -> None:
     """Convert SRC (a Hugging Face folder, hub repo id or bundled model name) into OUT."""
     from edgegen.models import convert_source
 
     path = convert_source(src, out, runtime=runtime, dtype=dtype, quant=quant, revision=revision, force=force,
-                          group_size=int(group_size) if group_size else None)
+                          group_size=int(group_size) if group_size else None, target=target, context=context,
+                          chunk=chunk)
     click.echo(f"wrote {path}", err=True)
 
 

@@ -19,6 +19,8 @@ from edgegen.runtimes.kv_layout import FLOAT_BYTES, kv_table
 from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
 
 GROUP_SIZES = (32, 64, 128)
+TARGETS = ("cpu", "npu")
+NPU_QUANTS = {"none": "fp32", "fp16": "fp16"}  # --quant for --target npu -> the bundle's precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +31,17 @@ class ConvertOptions:
     group_size: int | None = None  # default: 32 for ONNX, 64 for MLX (each runtime's usual choice)
     revision: str | None = None
     force: bool = False
+    target: str = "cpu"  # onnx: "npu" writes the static-shape bundle (converters/onnx/npu.py)
+    context: int | None = None  # target npu: the KV cache's fixed capacity
+    chunk: int | None = None  # target npu: inputs per chunk-graph run
 
     def validated(self) -> "ConvertOptions":
+        if self.target not in TARGETS:
+            raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
+        if self.target == "npu":
+            return self._validated_npu()
+        if self.context is not None or self.chunk is not None:
+            raise ConfigError("--context and --chunk size an NPU bundle; add --target npu")
         for value, allowed, flag in ((self.runtime, RUNTIMES, "--runtime"), (self.dtype, DTYPES, "--dtype"),
                                      (self.quant, QUANTS, "--quant")):
             if value not in allowed:
@@ -41,7 +52,19 @@ class ConvertOptions:
             raise ConfigError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}")
         return self
 
+    def _validated_npu(self) -> "ConvertOptions":
+        if self.runtime != "onnx":
+            raise ConfigError("--target npu writes ONNX graphs; use --runtime onnx")
+        if self.quant not in NPU_QUANTS:
+            raise ConfigError(f"--quant {self.quant!r} is not offered for NPU bundles; choose "
+                              f"{', '.join(NPU_QUANTS)} (none is fp32)")
+        if self.dtype != "fp32" or self.group_size is not None:
+            raise ConfigError("--dtype and --group-size do not apply to NPU bundles; --quant sets their precision")
+        return self
+
     def quantization(self) -> Quantization:
+        if self.target == "npu":
+            return Quantization()
         if self.quant == "none":
             return Quantization()
         return Quantization(self.quant, self.group_size or (32 if self.runtime == "onnx" else 64))
@@ -62,10 +85,17 @@ def convert(src: str, out: str | Path, options: ConvertOptions | None = None, **
             var.write_var(source, tmp, options)
         return out
     checkpoint = open_checkpoint(source.folder)
-    if options.runtime == "onnx" and options.dtype != "fp32":
+    if options.target == "npu" and checkpoint.config.head_dim % 2:
+        raise ConfigError(f"head_dim {checkpoint.config.head_dim} is odd; RoPE needs it even")
+    if options.target == "npu":
+        from edgegen.converters.onnx.npu_export import check_npu_options
+
+        context, chunk = check_npu_options(checkpoint.config, options.context, options.chunk)
+        options = dataclasses.replace(options, context=context, chunk=chunk)
+    elif options.runtime == "onnx" and options.dtype != "fp32":
         raise ConfigError("ONNX models compute in fp32 on the CPU (weights shrink with --quant q8/q4); "
                           "use --dtype fp32 or --runtime mlx")
-    if options.runtime == "onnx" and checkpoint.config.head_dim % 16:
+    if options.runtime == "onnx" and options.target == "cpu" and checkpoint.config.head_dim % 16:
         raise ConfigError(f"head_dim {checkpoint.config.head_dim} is not a multiple of 16, which ONNX Runtime's "
                           "GroupQueryAttention needs; use --runtime mlx")
     with atomic_folder(out) as tmp:
@@ -84,7 +114,13 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
         _copy_ngram_store(ckpt.folder, tmp)
         weights = ckpt.load_weights()
         bar.update(1)
-        if options.runtime == "onnx":
+        if options.target == "npu":
+            from edgegen.converters.onnx.npu_export import export_npu
+
+            files = export_npu(c, weights, tmp, context=options.context, chunk=options.chunk,
+                               precision=NPU_QUANTS[options.quant], on_stage=bar.set_postfix_str)
+            bar.update(c.num_hidden_layers)
+        elif options.runtime == "onnx":
             from edgegen.converters.onnx.export import export_onnx
 
             files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1),
@@ -129,9 +165,14 @@ def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: 
     float_bytes = 4 if options.runtime == "onnx" else FLOAT_BYTES[options.dtype]
     kv = {"bytes_per_token": kv_table(options.runtime, c.num_hidden_layers, c.num_key_value_heads, c.head_dim,
                                       float_bytes)}
+    npu = {}
+    if options.target == "npu":
+        npu = {"context": options.context, "chunk": options.chunk, "precision": NPU_QUANTS[options.quant]}
+        kv = {"bytes_per_token": {"float": 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4}}
     return Manifest(
         family=c.family, architecture=c.model_type, runtime=options.runtime, dtype=options.dtype,
-        quantization=quant, context_length=c.context_length, vocab_size=c.vocab_size,
+        quantization=quant, context_length=options.context or c.context_length, vocab_size=c.vocab_size,
+        target=options.target, npu=npu,
         special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
         source=origin, config=ckpt.hf_config, files=files, kv=kv, diffusion=_diffusion(c, tokenizer))
 

@@ -43,6 +43,8 @@ class Manifest:
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # role -> file name
     kv: dict[str, Any] = dataclasses.field(default_factory=dict)  # {"bytes_per_token": {"float", "16", "8", "4"}}
     diffusion: dict[str, Any] = dataclasses.field(default_factory=dict)  # family "dllm": the resolved DiffusionSpec
+    target: str = "cpu"  # onnx: "cpu" (dynamic graphs, contrib ops) | "npu" (static bundle, standard ops)
+    npu: dict[str, Any] = dataclasses.field(default_factory=dict)  # target npu: context, chunk, precision
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -101,6 +103,14 @@ class Manifest:
                 ("transformer", f"depth {c.get('depth')}, width {c.get('embed_dim')}, {c.get('num_heads')} heads"),
                 ("codebook", f"{self.vocab_size} codes × {c.get('vae', {}).get('z_channels')}")]
 
+    def _npu_rows(self) -> list[tuple[str, str]]:
+        if self.target != "npu":
+            return []
+        n = self.npu
+        return [("NPU graphs", f"chunk {n.get('chunk')} inputs + step 1 input over {n.get('context')} cache slots, "
+                               f"static shapes, standard ONNX ops"),
+                ("NPU precision", str(n.get("precision")))]
+
     def describe(self) -> list[tuple[str, str]]:
         """Human-readable (label, value) rows for `edgegen info`."""
         q = self.quantization
@@ -117,7 +127,8 @@ class Manifest:
             ("family", FAMILIES.get(self.family, self.family)),
             ("architecture", self.architecture),
             *self._diffusion_rows(),
-            ("runtime", self.runtime),
+            ("runtime", self.runtime if self.target == "cpu" else f"{self.runtime}, NPU bundle"),
+            *self._npu_rows(),
             ("dtype", self.dtype),
             ("quantization", quant),
             ("context length", str(self.context_length)),

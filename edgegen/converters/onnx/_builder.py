@@ -65,7 +65,7 @@ class GraphBuilder:
         """A subgraph with no inputs of its own (it reads the main graph's values)."""
         return ir.Graph([], list(outputs), nodes=self.tape.nodes, name=name)
 
-    def model(self, doc: str) -> ir.Model:
+    def model(self, doc: str, opsets: dict[str, int] | None = None) -> ir.Model:
         graph = ir.Graph(self.inputs, self.outputs, nodes=self.tape.nodes, initializers=self.tape.initializers,
-                         opset_imports=OPSETS, name="edgegen_decoder")
+                         opset_imports=opsets or OPSETS, name="edgegen_decoder")
         return ir.Model(graph, ir_version=10, producer_name="edgegen", doc_string=doc)

@@ -81,3 +81,12 @@ def create_session(model_path: Path, provider: str, threads: int | None = None, 
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BackendUnavailable(f"ONNX Runtime could not load {model_path} ({ort_message(exc)}); "
                                  "convert the model again with this edgegen version") from None
+
+
+def create_npu_session(model_path: Path, provider: str, threads: int | None = None):
+    """A session for a graph of an NPU bundle: on the CPU provider as any other; on an NPU provider
+    with the CPU fallback disabled, so a node the NPU cannot take fails the load (one line naming
+    it) instead of running on the CPU unseen."""
+    if provider == "cpu":
+        return create_session(model_path, "cpu", threads)
+    raise BackendUnavailable(f"the {provider} provider cannot load NPU bundles yet")

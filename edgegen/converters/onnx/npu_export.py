@@ -1,0 +1,75 @@
+"""Write an NPU bundle: `npu.chunk.onnx` and `npu.step.onnx` (static shapes, standard ops) sharing
+one weights file, and the input embedding table the host reads (`npu.embed.safetensors`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgegen.archs._decoder import DecoderConfig
+from edgegen.converters.onnx.npu import build_npu_decoder
+from edgegen.core.errors import ConfigError
+
+CHUNK_FILE, STEP_FILE = "npu.chunk.onnx", "npu.step.onnx"
+DATA_FILE, EMBED_FILE = "npu.onnx.data", "npu.embed.safetensors"
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_CONTEXT, DEFAULT_CHUNK = 1024, 16
+
+
+def check_npu_options(c: DecoderConfig, context: int | None, chunk: int | None) -> tuple[int, int]:
+    """(context, chunk): the cache capacity and the chunk graph's inputs, checked against the model."""
+    context = min(DEFAULT_CONTEXT, c.context_length) if context is None else context
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
+    if not 16 <= context <= c.context_length:
+        raise ConfigError(f"--context {context} must be from 16 to the model's context length {c.context_length}")
+    if not 2 <= chunk <= min(256, context // 2):
+        raise ConfigError(f"--chunk {chunk} must be from 2 to {min(256, context // 2)} (half the --context)")
+    if c.diffusion is not None and c.diffusion.block_size and chunk < c.diffusion.block_size:
+        raise ConfigError(f"--chunk {chunk} is smaller than this diffusion LLM's block of "
+                          f"{c.diffusion.block_size}; a block must fit one chunk")
+    return context, chunk
+
+
+def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, context: int, chunk: int,
+               precision: str, on_stage: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--quant {precision!r} is not offered for NPU bundles; choose {', '.join(PRECISIONS)}")
+    from safetensors.numpy import save_file
+
+    on_stage("building NPU graphs")
+    protos = {}
+    for name, size in ((CHUNK_FILE, chunk), (STEP_FILE, 1)):
+        proto = ir.serde.serialize_model(build_npu_decoder(c, weights, chunk=size, capacity=context))
+        protos[name] = _to_fp16(proto) if precision == "fp16" else proto
+    on_stage("saving NPU graphs")
+    onnx.save_model(protos[CHUNK_FILE], str(out / CHUNK_FILE), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    _share_weights(protos[STEP_FILE], out / CHUNK_FILE)
+    onnx.save_model(protos[STEP_FILE], str(out / STEP_FILE))
+    table = weights["model.embed_tokens.weight"].astype(np.float16 if precision == "fp16" else np.float32)
+    save_file({"embed_tokens": np.ascontiguousarray(table)}, str(out / EMBED_FILE))
+    return {"npu_chunk": CHUNK_FILE, "npu_step": STEP_FILE, "npu_weights": DATA_FILE, "npu_embed": EMBED_FILE}
+
+
+def _share_weights(proto: onnx.ModelProto, saved: Path) -> None:
+    """Point `proto`'s large initializers at the weights file `saved` already wrote (same names,
+    same values), so the two graphs share one copy on disk."""
+    places = {t.name: list(t.external_data) for t in onnx.load(str(saved), load_external_data=False).graph.initializer
+              if t.data_location == onnx.TensorProto.EXTERNAL}
+    for tensor in proto.graph.initializer:
+        if tensor.name in places:
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            tensor.external_data.extend(places[tensor.name])
+
+
+def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Weights and compute in float16; inputs and outputs stay float32 (cast at the edges)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
