@@ -1,0 +1,171 @@
+"""NPU bundles (static-shape graphs of standard ONNX ops, host-kept KV cache): parity with
+transformers and with the dynamic graphs, every strategy's tokens, the masks of diffusion LLMs
+against their reference, and the refusals. Run on the CPU provider here; test_npu_qnn.py puts the
+same bundles on the QNN HTP backend where onnxruntime-qnn is installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import edgegen
+from conftest import ARCHS
+from dllm_checkpoints import BLOCK, block_mask, build
+from edgegen.cli import main
+from edgegen.core.errors import CapabilityError, ConfigError, ContextOverflow
+from edgegen.core.protocols import Feed
+from edgegen.models import BUNDLED
+
+PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 300, 21, 8, 77, 190, 33, 2, 9, 14]  # 19 > one chunk of 8
+NPU = ("--target", "npu", "--context", "64", "--chunk", "8")
+ASK = [{"role": "user", "content": "What is a list?"}]
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    """Bundled model name -> its NPU bundle (converted once)."""
+    made = {}
+
+    def get(name: str, *extra: str):
+        if (name, extra) not in made:
+            out = tmp_path_factory.mktemp("npu") / name
+            result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--target", "npu",
+                                               "--context", "256", *extra])
+            assert result.exit_code == 0, result.output
+            made[name, extra] = out
+        return made[name, extra]
+
+    return get
+
+
+def standard_ops_only(folder) -> set[str]:
+    ops = set()
+    for name in ("npu.chunk.onnx", "npu.step.onnx"):
+        model = onnx.load(str(folder / name), load_external_data=False)
+        assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+        for node in model.graph.node:
+            assert node.domain in ("", "ai.onnx"), node
+            ops.add(node.op_type)
+        for value in list(model.graph.input) + list(model.graph.output):
+            dims = value.type.tensor_type.shape.dim
+            assert all(d.HasField("dim_value") for d in dims), f"{value.name} has a dynamic shape"
+    return ops
+
+
+# ------------------------------------------------------------------ graphs and parity
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bundle_logits_match_transformers(arch, checkpoints, converted):
+    folder = converted(arch, "onnx", "none", *NPU)
+    assert "GroupQueryAttention" not in standard_ops_only(folder)
+    _, hf = checkpoints(arch)
+    with torch.no_grad():
+        reference = hf(torch.tensor([PROMPT])).logits[0].numpy()
+    model = edgegen.load(folder)
+    np.testing.assert_allclose(model.logits(PROMPT), reference, atol=1e-4, rtol=0)  # three chunk runs
+    session = model.session
+    pieces = [session.feed(PROMPT[:3], last_only=False)] + [session.feed([t], last_only=False) for t in PROMPT[3:]]
+    np.testing.assert_allclose(np.concatenate(pieces), reference, atol=1e-4, rtol=0)  # chunk, then steps
+
+
+def test_one_file_of_weights_serves_both_graphs(bundles):
+    folder = bundles("tiny-chat")
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    assert sizes["npu.chunk.onnx"] < 2**20 and sizes["npu.step.onnx"] < 2**20
+    assert sizes["npu.onnx.data"] > 10 * 2**20
+    out = CliRunner().invoke(main, ["info", str(folder)])
+    assert "NPU bundle" in out.output and "chunk 16 inputs" in out.output
+
+
+# ------------------------------------------------------------------ every strategy
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.8, "seed": 3}, {"draft": "prompt-lookup", "num_draft": 4},
+                                    {"draft": "tiny-draft", "num_draft": 4}, {"json_schema": {"type": "object"}}])
+def test_strategies_give_the_dynamic_graphs_tokens(bundles, kwargs):
+    dynamic, bundle = edgegen.load("tiny-chat"), edgegen.load(bundles("tiny-chat"))
+    ours = bundle.chat(ASK, max_tokens=48, **kwargs)
+    assert ours.token_ids == dynamic.chat(ASK, max_tokens=48, **kwargs).token_ids
+    assert ours.stats.generated_tokens > 0
+
+
+def test_superposed_drafts_on_the_bundle(bundles):
+    dynamic, bundle = edgegen.load("tiny-chat"), edgegen.load(bundles("tiny-chat"))
+    ours = [d.token_ids for d in bundle.complete("The json module", drafts=3).drafts]
+    assert ours == [d.token_ids for d in dynamic.complete("The json module", drafts=3).drafts]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"threshold": 0.9}, {"rule": "fixed", "steps": 4}, {"rule": "entropy_bounded"}])
+def test_block_diffusion_on_the_bundle(bundles, kwargs):
+    dynamic, bundle = edgegen.load("tiny-chat-bd"), edgegen.load(bundles("tiny-chat-bd"))
+    ours = bundle.chat(ASK, max_tokens=32, **kwargs)
+    assert ours.token_ids == dynamic.chat(ASK, max_tokens=32, **kwargs).token_ids
+
+
+# ------------------------------------------------------------------ masks, against the reference
+
+@pytest.mark.parametrize("name", ["sdar", "dream"])
+def test_masks_match_the_reference(name, tmp_path):
+    reference = build(name, tmp_path / "hf")
+    out = tmp_path / "npu"
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "hf"), "-o", str(out), "--target", "npu",
+                                       "--context", "64", "--chunk", "32"])
+    assert result.exit_code == 0, result.output
+    backend = edgegen.load(out).backend
+    ids = PROMPT[:16]
+    blocks = [i // BLOCK for i in range(16)] if name == "sdar" else [0] * 16
+    allowed = block_mask(16, BLOCK) if name == "sdar" else np.ones((16, 16), bool)
+    ours = backend.forward(Feed(ids, blocks=blocks, commit=False), backend.new_cache())
+    np.testing.assert_allclose(ours, reference(ids, allowed), atol=1e-4, rtol=0)
+    # Hidden cache slots: keys 4..8 hidden from a block scored over the cache = the reference's mask.
+    cache = backend.new_cache()
+    backend.forward(Feed(ids[:12], blocks=blocks[:12]), cache)
+    scored = backend.forward(Feed(ids[12:16], blocks=[0] * 4, hidden=(4, 8), commit=False), cache)
+    seen = allowed.copy()
+    seen[:12, 12:] = False  # the committed inputs never saw the block
+    hidden = seen.copy()
+    hidden[12:, 4:8] = False
+    np.testing.assert_allclose(scored, reference(ids, hidden)[12:16], atol=1e-4, rtol=0)
+    assert np.abs(reference(ids, hidden)[12:] - reference(ids, seen)[12:]).max() > 0.05  # the test can fail
+
+
+# ------------------------------------------------------------------ refusals
+
+def test_what_a_bundle_cannot_do_is_one_line(bundles):
+    bundle = edgegen.load(bundles("tiny-chat"))
+    with pytest.raises(CapabilityError, match="kv-bits"):
+        bundle.generate("x", kv_bits=8, max_tokens=2)
+    backend = bundle.backend
+    with pytest.raises(CapabilityError, match="larger --chunk"):
+        backend.forward(Feed(list(range(3, 40)), commit=False), backend.new_cache())
+    with pytest.raises(ContextOverflow, match="larger --context"):
+        backend.forward(Feed(list(range(3, 260))), backend.new_cache())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target", "npu", "--context", "8"], "--context 8"),
+    (["--target", "npu", "--chunk", "1"], "--chunk 1"),
+    (["--target", "npu", "--quant", "q4"], "not offered for NPU bundles"),
+    (["--target", "npu", "--runtime", "mlx"], "--runtime onnx"),
+    (["--context", "64"], "add --target npu"),
+])
+def test_bad_npu_conversions_are_one_line(args, words, tmp_path):
+    result = CliRunner().invoke(main, ["convert", "tiny-chat", "-o", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_smaller_than_a_diffusion_block_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="block must fit one chunk"):
+        edgegen.convert(str(BUNDLED / "tiny-chat-bd"), tmp_path / "out", target="npu", chunk=4)
+
+
+def test_fp16_bundle_agrees_with_fp32(bundles):
+    fp32, fp16 = edgegen.load(bundles("tiny-chat")), edgegen.load(bundles("tiny-chat", "--quant", "fp16"))
+    from edgegen.core.data import HELDOUT, bundled_text
+
+    ids = fp32.tokenizer.encode(bundled_text(HELDOUT))[:250]
+    a, b = fp32.logits(ids), fp16.logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.99
