@@ -20,7 +20,7 @@ from edgegen.core.protocols import Feed
 from edgegen.models import BUNDLED
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11, 300, 21, 8, 77, 190, 33, 2, 9, 14]  # 19 > one chunk of 8
-NPU = ("--target", "npu", "--context", "64", "--chunk", "8")
+NPU = ("--target", "npu", "--context", "64", "--chunk", "8")  # fp32 (--quant none, given by `converted`)
 ASK = [{"role": "user", "content": "What is a list?"}]
 
 
@@ -33,7 +33,7 @@ def bundles(tmp_path_factory):
         if (name, extra) not in made:
             out = tmp_path_factory.mktemp("npu") / name
             result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--target", "npu",
-                                               "--context", "256", *extra])
+                                               "--context", "256", *(extra or ("--quant", "none"))])
             assert result.exit_code == 0, result.output
             made[name, extra] = out
         return made[name, extra]
@@ -111,7 +111,7 @@ def test_masks_match_the_reference(name, tmp_path):
     reference = build(name, tmp_path / "hf")
     out = tmp_path / "npu"
     result = CliRunner().invoke(main, ["convert", str(tmp_path / "hf"), "-o", str(out), "--target", "npu",
-                                       "--context", "64", "--chunk", "32"])
+                                       "--context", "64", "--chunk", "32", "--quant", "none"])
     assert result.exit_code == 0, result.output
     backend = edgegen.load(out).backend
     ids = PROMPT[:16]

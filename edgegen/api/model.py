@@ -70,6 +70,10 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     elif manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
 
+        if (provider or "").lower() in ("qnn", "coreml"):
+            print(f"edgegen: {folder.name} holds CPU graphs (dynamic shapes, contrib ops), of which the {provider} "
+                  "provider takes few nodes; convert with --target npu for graphs an NPU runs whole", file=sys.stderr)
+
         backend = OnnxLanguageModel(folder, manifest, provider, threads, spinning=not _draft)
     elif manifest.runtime == "mlx":
         from edgegen.runtimes.mlx.backend import MLXLanguageModel

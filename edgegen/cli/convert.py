@@ -14,8 +14,8 @@ from edgegen.cli._app import main
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--runtime", type=click.Choice(["mlx", "onnx"]), default="onnx", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--quant", type=click.Choice(["none", "q8", "q4", "fp16"]), default="none", show_default=True,
-              help="Weights: q8/q4 (CPU graphs, MLX); none (fp32) or fp16 for --target npu.")
+@click.option("--quant", type=click.Choice(["none", "q8", "q4", "fp16"]), default=None,
+              help="Weights: none (default), q8 or q4; for --target npu fp16 (default) or none (fp32).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Quantization group size (default 32 for ONNX, 64 for MLX).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
@@ -24,7 +24,7 @@ from edgegen.cli._app import main
               help="onnx: npu writes static-shape graphs of standard ops for NPU execution providers.")
 @click.option("--context", type=int, default=None, help="--target npu: the KV cache's capacity (default 1024).")
 @click.option("--chunk", type=int, default=None, help="--target npu: inputs per chunk graph run (default 16).")
-def convert(src: str, out: Path, runtime: str, dtype: str, quant: str, group_size: str | None,
+def convert(src: str, out: Path, runtime: str, dtype: str, quant: str | None, group_size: str | None,
             revision: str | None, force: bool, target: str, context: int | None, chunk: int | None) -> None:
     """Convert SRC (a Hugging Face folder, hub repo id or bundled model name) into OUT."""
     from edgegen.models import convert_source
@@ -37,7 +37,8 @@ def convert(src: str, out: Path, runtime: str, dtype: str, quant: str, group_siz
 
 @main.command()
 @click.argument("model", required=False)
-def info(model: str | None) -> None:
+@click.option("--provider", default=None, help="NPU bundles: count the nodes of each graph this provider takes.")
+def info(model: str | None, provider: str | None) -> None:
     """Describe MODEL: a converted folder, or a model that other commands take (a bundled name, a
     Hugging Face checkpoint), converted into the cache first as they would (default: tiny-chat)."""
     from edgegen.core.manifest import Manifest
@@ -49,6 +50,23 @@ def info(model: str | None) -> None:
     else:
         manifest = Manifest.read(locate(model))
     rows = manifest.describe()
+    if provider is not None:
+        rows += _placement_rows(folder if folder is not None and is_converted(model) else locate(model),
+                                manifest, provider)
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         click.echo(f"{label:<{width}}  {value}")
+
+
+def _placement_rows(folder: Path, manifest, provider: str) -> list[tuple[str, str]]:
+    from edgegen.core.errors import ConfigError
+    from edgegen.runtimes.onnx.session import placement
+
+    if manifest.target != "npu":
+        raise ConfigError("--provider counts the nodes of an NPU bundle's graphs; convert with --target npu")
+    rows = []
+    for role in ("npu_chunk", "npu_step"):
+        taken, total = placement(folder / manifest.files[role], provider)
+        rows.append((f"{manifest.files[role]} on {provider}", f"{taken} of {total} nodes"
+                                                             + ("" if taken == total else f" ({total - taken} on the CPU)")))
+    return rows

@@ -27,7 +27,7 @@ NPU_QUANTS = {"none": "fp32", "fp16": "fp16"}  # --quant for --target npu -> the
 class ConvertOptions:
     runtime: str = "onnx"
     dtype: str = "fp32"
-    quant: str = "none"
+    quant: str | None = None  # None: "none" (fp32) for CPU graphs and MLX, "fp16" for NPU bundles
     group_size: int | None = None  # default: 32 for ONNX, 64 for MLX (each runtime's usual choice)
     revision: str | None = None
     force: bool = False
@@ -36,6 +36,8 @@ class ConvertOptions:
     chunk: int | None = None  # target npu: inputs per chunk-graph run
 
     def validated(self) -> "ConvertOptions":
+        if self.quant is None:
+            return dataclasses.replace(self, quant="fp16" if self.target == "npu" else "none").validated()
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.target == "npu":
