@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import edgegen
 from conftest import ARCHS
-from dllm_checkpoints import BLOCK, block_mask, build
+from dllm_checkpoints import BLOCK, DLLMS, block_mask, build
 from edgegen.cli import main
 from edgegen.core.errors import CapabilityError, ConfigError, ContextOverflow
 from edgegen.core.protocols import Feed
@@ -106,7 +106,7 @@ def test_block_diffusion_on_the_bundle(bundles, kwargs):
 
 # ------------------------------------------------------------------ masks, against the reference
 
-@pytest.mark.parametrize("name", ["sdar", "dream"])
+@pytest.mark.parametrize("name", ["sdar", "dream", "bd3lm", "llada"])
 def test_masks_match_the_reference(name, tmp_path):
     reference = build(name, tmp_path / "hf")
     out = tmp_path / "npu"
@@ -115,8 +115,9 @@ def test_masks_match_the_reference(name, tmp_path):
     assert result.exit_code == 0, result.output
     backend = edgegen.load(out).backend
     ids = PROMPT[:16]
-    blocks = [i // BLOCK for i in range(16)] if name == "sdar" else [0] * 16
-    allowed = block_mask(16, BLOCK) if name == "sdar" else np.ones((16, 16), bool)
+    block = DLLMS[name][2] == "block"
+    blocks = [i // BLOCK for i in range(16)] if block else [0] * 16
+    allowed = block_mask(16, BLOCK) if block else np.ones((16, 16), bool)
     ours = backend.forward(Feed(ids, blocks=blocks, commit=False), backend.new_cache())
     np.testing.assert_allclose(ours, reference(ids, allowed), atol=1e-4, rtol=0)
     # Hidden cache slots: keys 4..8 hidden from a block scored over the cache = the reference's mask.
@@ -128,7 +129,7 @@ def test_masks_match_the_reference(name, tmp_path):
     hidden = seen.copy()
     hidden[12:, 4:8] = False
     np.testing.assert_allclose(scored, reference(ids, hidden)[12:16], atol=1e-4, rtol=0)
-    assert np.abs(reference(ids, hidden)[12:] - reference(ids, seen)[12:]).max() > 0.05  # the test can fail
+    assert np.abs(reference(ids, hidden)[12:] - reference(ids, seen)[12:]).max() > 1e-3  # 10x the tolerance: it can fail
 
 
 # ------------------------------------------------------------------ refusals

@@ -8,8 +8,11 @@ and lives on the host:
                                    └──────────────────── residual ──────────────────────────────────────┘ (× layers)
     ─ norm ─ lm_head ─ logits (1, C, vocab)            new_key.{i}, new_value.{i} (1, Hkv, C, Dh)
 
-    attention_mask (1, 1, C, N + C)   additive: 0 where input i may see key j, a large negative elsewhere
-    cos, sin       (1, 1, C, Dh)      RoPE of each input's position (the host computes them)
+    attention_mask (1, 1, G·C, N + C) additive: 0 where input i may see key j, a large negative
+                                      elsewhere; the C rows repeated for each of the G query heads
+                                      that share a KV head
+    cos, sin       (1, 1, C, Dh)      RoPE of each input's position, sin signed [−sin, sin] (the host
+                                      computes them), so that rotate_half is a Concat without a Neg
     past_key.{i}, past_value.{i} (1, Hkv, N, Dh)
 
 The graph returns only the new positions' keys and values; the host writes them into its cache
@@ -20,7 +23,11 @@ superposed decoding's mixtures) happens on the host. The LM head stays inside: o
 output either way.
 
 Grouped-query attention does not copy keys: the G query heads of a KV head are stacked as rows,
-(1, Hkv, G·C, Dh) against (1, Hkv, N + C, Dh), and the mask is tiled G times to match.
+(1, Hkv, G·C, Dh) against (1, Hkv, N + C, Dh), and the mask comes with G·C rows to match.
+
+Opset 17 and no Tile, Neg, Gelu or Reduce*-with-axes-input: onnxruntime's mobile checker then
+finds every node supported by CoreML's MLProgram and by NNAPI in one partition, and QNN's HTP
+takes them all.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from edgegen.converters.onnx._builder import GraphBuilder
 
 F32 = ir.DataType.FLOAT
 Weights = dict[str, np.ndarray]
-OPSET = 21
+OPSET = 17
 
 
 def build_npu_decoder(c: DecoderConfig, w: Weights, *, chunk: int, capacity: int) -> ir.Model:
@@ -41,11 +48,9 @@ def build_npu_decoder(c: DecoderConfig, w: Weights, *, chunk: int, capacity: int
     g = GraphBuilder()
     C, N, Dh = chunk, capacity, c.head_dim
     x = g.input("inputs_embeds", F32, [1, C, c.hidden_size])
-    mask = g.input("attention_mask", F32, [1, 1, C, N + C])
-    rope = (g.input("cos", F32, [1, 1, C, Dh]), g.input("sin", F32, [1, 1, C, Dh]))
     group = c.num_attention_heads // c.num_key_value_heads
-    if group > 1:  # row g·C + i of a KV head is query head g at input i
-        mask = g.op("Tile", "/model/attention_mask/per_group", [mask, g.const([1, 1, group, 1])])
+    mask = g.input("attention_mask", F32, [1, 1, group * C, N + C])  # row g·C + i: query head g, input i
+    rope = (g.input("cos", F32, [1, 1, C, Dh]), g.input("sin", F32, [1, 1, C, Dh]))
     residual = x
     for i in range(c.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -73,8 +78,7 @@ def _norm(g: GraphBuilder, c: DecoderConfig, w: Weights, hf: str, x: ir.Value) -
 
 def _rms(g: GraphBuilder, name: str, x: ir.Value, gamma: ir.Value, eps: float) -> ir.Value:
     """x / sqrt(mean(x²) + eps) · gamma, in standard ops (RMSNormalization is opset 23)."""
-    mean = g.op("ReduceMean", f"{name}/mean_square", [g.op("Mul", f"{name}/square", [x, x]), g.const([-1])],
-                keepdims=1)
+    mean = g.op("ReduceMean", f"{name}/mean_square", [g.op("Mul", f"{name}/square", [x, x])], axes=[-1], keepdims=1)
     root = g.op("Sqrt", f"{name}/root", [g.op("Add", f"{name}/eps", [mean, g.const(eps, np.float32)])])
     return g.op("Mul", f"{name}/scale", [g.op("Div", f"{name}/normed", [x, root]), gamma])
 
@@ -93,11 +97,11 @@ def _heads(g: GraphBuilder, name: str, x: ir.Value, heads: int, C: int, Dh: int)
 
 
 def _rotate(g: GraphBuilder, name: str, x: ir.Value, rope: tuple[ir.Value, ir.Value], Dh: int) -> ir.Value:
-    """RoPE, half-split layout: x·cos + [−x₂, x₁]·sin."""
+    """RoPE, half-split layout: x·cos + [−x₂, x₁]·sin = x·cos + [x₂, x₁]·[−sin, sin] (the input's sin)."""
     half = Dh // 2
     x1 = g.op("Slice", f"{name}/first_half", [x, g.const([0]), g.const([half]), g.const([-1])])
     x2 = g.op("Slice", f"{name}/second_half", [x, g.const([half]), g.const([Dh]), g.const([-1])])
-    turned = g.op("Concat", f"{name}/rotate_half", [g.op("Neg", f"{name}/neg", [x2]), x1], axis=-1)
+    turned = g.op("Concat", f"{name}/swap_halves", [x2, x1], axis=-1)
     return g.op("Add", f"{name}/rope", [g.op("Mul", f"{name}/cos", [x, rope[0]]),
                                         g.op("Mul", f"{name}/sin", [turned, rope[1]])])
 
@@ -131,12 +135,21 @@ def _mlp(g: GraphBuilder, c: DecoderConfig, w: Weights, i: int, h: ir.Value) -> 
     name, hf = f"/model/layers.{i}/mlp", f"model.layers.{i}.mlp."
     up = _linear(g, w, f"{name}/up_proj", h, hf + "up_proj")
     if c.mlp == "gelu":
-        act = g.op("Gelu", f"{name}/act_fn", [up], approximate="tanh")
+        act = _gelu_tanh(g, f"{name}/act_fn", up)
     else:
         gate = _linear(g, w, f"{name}/gate_proj", h, hf + "gate_proj")
         silu = g.op("Mul", f"{name}/act_fn", [gate, g.op("Sigmoid", f"{name}/act_fn", [gate])])
         act = g.op("Mul", f"{name}/gate_up", [silu, up])
     return _linear(g, w, f"{name}/down_proj", act, hf + "down_proj")
+
+
+def _gelu_tanh(g: GraphBuilder, name: str, x: ir.Value) -> ir.Value:
+    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))): GELU's tanh form (the Gelu op is opset 20)."""
+    cube = g.op("Mul", f"{name}/cube", [g.op("Mul", f"{name}/square", [x, x]), x])
+    inner = g.op("Add", f"{name}/inner", [x, g.op("Mul", f"{name}/cubic", [cube, g.const(0.044715, np.float32)])])
+    tanh = g.op("Tanh", f"{name}/tanh", [g.op("Mul", f"{name}/scaled", [inner, g.const((2 / np.pi) ** 0.5, np.float32)])])
+    half = g.op("Mul", f"{name}/half", [x, g.const(0.5, np.float32)])
+    return g.op("Mul", f"{name}/gelu", [half, g.op("Add", f"{name}/one_plus", [tanh, g.const(1.0, np.float32)])])
 
 
 def _lm_head(g: GraphBuilder, c: DecoderConfig, w: Weights, h: ir.Value) -> ir.Value:

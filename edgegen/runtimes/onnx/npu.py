@@ -70,6 +70,7 @@ class NpuLanguageModel:
         self.description = f"the NPU bundle on ONNX Runtime ({self.provider})"
         self._table = load_file(str(folder / files["npu_embed"]))["embed_tokens"]
         self._inv_freq = c.inv_freq()
+        self._group = c.num_attention_heads // c.num_key_value_heads
         self._outputs = ["logits"] + [f"new_{kv}.{i}" for kv in ("key", "value") for i in range(c.num_hidden_layers)]
 
     def new_cache(self, kv: KVSpec | None = None) -> NpuCache:
@@ -133,9 +134,11 @@ class NpuLanguageModel:
         pos = np.zeros(size, np.float64)
         pos[:m] = positions
         angles = pos[:, None] * self._inv_freq[None, :]  # (size, Dh/2)
-        angles = np.concatenate([angles, angles], axis=-1)[None, None]
-        feeds = {"inputs_embeds": embeds, "attention_mask": mask[None, None],
-                 "cos": np.cos(angles).astype(np.float32), "sin": np.sin(angles).astype(np.float32)}
+        cos, sin = np.cos(angles), np.sin(angles)
+        rows = np.tile(mask, (self._group, 1))  # the G query heads of a KV head read the same mask
+        feeds = {"inputs_embeds": embeds, "attention_mask": rows[None, None],
+                 "cos": np.concatenate([cos, cos], -1)[None, None].astype(np.float32),
+                 "sin": np.concatenate([-sin, sin], -1)[None, None].astype(np.float32)}  # signed: see npu.py
         for i, (k, v) in enumerate(zip(cache.keys, cache.values)):
             feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = k, v
         try:
