@@ -170,3 +170,25 @@ def test_fp16_bundle_agrees_with_fp32(bundles):
     ids = fp32.tokenizer.encode(bundled_text(HELDOUT))[:250]
     a, b = fp32.logits(ids), fp16.logits(ids)
     assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.99
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    z = logits[:-1] - logits[:-1].max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+
+
+def test_w8a16_bundle_keeps_the_fp32_models_predictions(bundles):
+    """QDQ (int8 weights per channel, uint16 activations) from onnxruntime's QNN tooling, run by the
+    CPU provider (the HTP computes the same QDQ graph: test_npu_qnn.py)."""
+    folder = bundles("tiny-chat", "--quant", "w8a16")
+    graph = onnx.load(str(folder / "npu.step.onnx"), load_external_data=False)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.graph.node}
+    from edgegen.core.data import HELDOUT, bundled_text
+
+    reference, quantized = edgegen.load("tiny-chat"), edgegen.load(folder)
+    ids = reference.tokenizer.encode(bundled_text(HELDOUT))[:250]
+    a, b = reference.logits(ids), quantized.logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.97
+    assert abs(perplexity(b, ids) / perplexity(a, ids) - 1) <= 0.03
+    assert quantized.chat(ASK, max_tokens=16).stats.generated_tokens > 0

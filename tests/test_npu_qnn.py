@@ -105,3 +105,12 @@ def test_a_graph_the_htp_cannot_take_whole_is_one_line(bundles, tmp_path):
     with pytest.raises(BackendUnavailable, match="cannot run all of npu.step.onnx.*do not fall back to the CPU"):
         edgegen.load(folder, provider="qnn")
     assert np.isfinite(edgegen.load(folder).logits([5, 6])).all()
+
+
+def test_w8a16_runs_on_the_htp_as_on_the_cpu(bundles):
+    folder = bundles("tiny-chat", "--quant", "w8a16")
+    npu, cpu = edgegen.load(folder, provider="qnn"), edgegen.load(folder)  # the fallback is disabled on QNN
+    ids = cpu.tokenizer.encode("The json module turns Python objects into text and text back into objects.")
+    assert (npu.logits(ids).argmax(-1) == cpu.logits(ids).argmax(-1)).mean() >= 0.95
+    out = CliRunner().invoke(main, ["info", str(folder), "--provider", "qnn"])
+    assert "on qnn" in out.output  # all but the float inputs' and outputs' (de)quantization

@@ -20,7 +20,7 @@ from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
 
 GROUP_SIZES = (32, 64, 128)
 TARGETS = ("cpu", "npu")
-NPU_QUANTS = {"none": "fp32", "fp16": "fp16"}  # --quant for --target npu -> the bundle's precision
+NPU_QUANTS = {"none": "fp32", "fp16": "fp16", "w8a16": "w8a16"}  # --quant for --target npu -> the bundle's precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,8 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
             from edgegen.converters.onnx.npu_export import export_npu
 
             files = export_npu(c, weights, tmp, context=options.context, chunk=options.chunk,
-                               precision=NPU_QUANTS[options.quant], on_stage=bar.set_postfix_str)
+                               precision=NPU_QUANTS[options.quant], on_stage=bar.set_postfix_str,
+                               calibration_ids=_calibration_ids(tokenizer, c))
             bar.update(c.num_hidden_layers)
         elif options.runtime == "onnx":
             from edgegen.converters.onnx.export import export_onnx
@@ -169,7 +170,10 @@ def _manifest(ckpt: Checkpoint, source: Source, options: ConvertOptions, quant: 
                                       float_bytes)}
     npu = {}
     if options.target == "npu":
-        npu = {"context": options.context, "chunk": options.chunk, "precision": NPU_QUANTS[options.quant]}
+        from edgegen.core.static_feeds import NEG
+
+        precision = NPU_QUANTS[options.quant]
+        npu = {"context": options.context, "chunk": options.chunk, "precision": precision, "mask_value": NEG[precision]}
         kv = {"bytes_per_token": {"float": 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4}}
     return Manifest(
         family=c.family, architecture=c.model_type, runtime=options.runtime, dtype=options.dtype,

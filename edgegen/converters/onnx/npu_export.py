@@ -16,7 +16,7 @@ from edgegen.core.errors import ConfigError
 
 CHUNK_FILE, STEP_FILE = "npu.chunk.onnx", "npu.step.onnx"
 DATA_FILE, EMBED_FILE = "npu.onnx.data", "npu.embed.safetensors"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "w8a16")
 DEFAULT_CONTEXT, DEFAULT_CHUNK = 1024, 16
 
 
@@ -35,33 +35,55 @@ def check_npu_options(c: DecoderConfig, context: int | None, chunk: int | None) 
 
 
 def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, context: int, chunk: int,
-               precision: str, on_stage: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+               precision: str, on_stage: Callable[[str], None] = lambda s: None,
+               calibration_ids: list[int] | None = None) -> dict[str, str]:
     if precision not in PRECISIONS:
         raise ConfigError(f"--quant {precision!r} is not offered for NPU bundles; choose {', '.join(PRECISIONS)}")
     from safetensors.numpy import save_file
 
     on_stage("building NPU graphs")
-    protos = {}
-    for name, size in ((CHUNK_FILE, chunk), (STEP_FILE, 1)):
-        proto = ir.serde.serialize_model(build_npu_decoder(c, weights, chunk=size, capacity=context))
-        protos[name] = _to_fp16(proto) if precision == "fp16" else proto
+    if precision == "w8a16":
+        protos = _quantized(c, weights, out, context, chunk, calibration_ids or [], on_stage)
+    else:
+        protos = {}
+        for name, size in ((CHUNK_FILE, chunk), (STEP_FILE, 1)):
+            proto = ir.serde.serialize_model(build_npu_decoder(c, weights, chunk=size, capacity=context))
+            protos[name] = _to_fp16(proto) if precision == "fp16" else proto
     on_stage("saving NPU graphs")
+    digests = _digests(protos[CHUNK_FILE])  # before saving, which moves the values out of the proto
     onnx.save_model(protos[CHUNK_FILE], str(out / CHUNK_FILE), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
-    _share_weights(protos[STEP_FILE], out / CHUNK_FILE)
+    _share_weights(protos[STEP_FILE], out / CHUNK_FILE, digests)
     onnx.save_model(protos[STEP_FILE], str(out / STEP_FILE))
     table = weights["model.embed_tokens.weight"].astype(np.float16 if precision == "fp16" else np.float32)
     save_file({"embed_tokens": np.ascontiguousarray(table)}, str(out / EMBED_FILE))
     return {"npu_chunk": CHUNK_FILE, "npu_step": STEP_FILE, "npu_weights": DATA_FILE, "npu_embed": EMBED_FILE}
 
 
-def _share_weights(proto: onnx.ModelProto, saved: Path) -> None:
-    """Point `proto`'s large initializers at the weights file `saved` already wrote (same names,
-    same values), so the two graphs share one copy on disk."""
+def _quantized(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, context: int, chunk: int,
+               ids: list[int], on_stage: Callable[[str], None]) -> dict[str, onnx.ModelProto]:
+    """The w8a16 QDQ graphs, quantized from fp32 graphs written to a scratch folder."""
+    from edgegen.converters.onnx.npu_quant import quantize_graphs, scratch_folder
+
+    with scratch_folder(out) as scratch:
+        graphs = {}
+        for role, size in (("chunk", chunk), ("step", 1)):
+            graphs[role] = scratch / f"{role}.onnx"
+            onnx.save_model(ir.serde.serialize_model(build_npu_decoder(c, weights, chunk=size, capacity=context)),
+                            str(graphs[role]), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{role}.onnx.data", size_threshold=1024)
+        table = weights["model.embed_tokens.weight"].astype(np.float32)
+        protos = quantize_graphs(c, scratch, graphs, table, context, chunk, ids, on_stage)
+    return {CHUNK_FILE: protos["chunk"], STEP_FILE: protos["step"]}
+
+
+def _share_weights(proto: onnx.ModelProto, saved: Path, digests: dict[str, str]) -> None:
+    """Point `proto`'s large initializers at the weights file `saved` already wrote (where name and
+    value, by `digests`, are the same), so the two graphs share one copy on disk."""
     places = {t.name: list(t.external_data) for t in onnx.load(str(saved), load_external_data=False).graph.initializer
               if t.data_location == onnx.TensorProto.EXTERNAL}
     for tensor in proto.graph.initializer:
-        if tensor.name in places:
+        if tensor.name in places and digests.get(tensor.name) == _digest(tensor):
             tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
             del tensor.external_data[:]
@@ -73,3 +95,17 @@ def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
+
+
+
+def _digests(proto: onnx.ModelProto) -> dict[str, str]:
+    return {t.name: _digest(t) for t in proto.graph.initializer}
+
+
+def _digest(tensor: onnx.TensorProto) -> str:
+    import hashlib
+
+    from onnx import numpy_helper
+
+    value = numpy_helper.to_array(tensor)
+    return hashlib.sha256(f"{value.dtype}{value.shape}".encode() + value.tobytes()).hexdigest()
