@@ -59,7 +59,7 @@ def test_fp16_on_the_htp_agrees_with_the_fp32_cpu_graph(bundles):
     assert agree >= 0.99
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"draft": "prompt-lookup", "num_draft": 3}])
+@pytest.mark.parametrize("kwargs", [{}, {"draft": "prompt-lookup", "num_draft": 3}, {"draft": "tiny-draft", "num_draft": 3}])
 def test_strategies_on_the_htp_equal_the_bundle_on_the_cpu(bundles, kwargs):
     npu, cpu = edgegen.load(bundles("tiny-chat"), provider="qnn"), edgegen.load(bundles("tiny-chat"))
     assert npu.chat(ASK, max_tokens=10, **kwargs).token_ids == cpu.chat(ASK, max_tokens=10, **kwargs).token_ids

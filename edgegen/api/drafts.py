@@ -50,11 +50,14 @@ class Drafts:
         if spec == "prompt-lookup":
             return PromptLookupDrafter()
         model = self.model
+        options = dict(model.load_options)
+        if model.manifest.target == "npu":  # the draft runs on the host CPU, beside the NPU's verification
+            options["provider"] = None
         if spec in ("q4", "q8"):
             from edgegen.api.model import load
 
             draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec, _draft=True,
-                         **model.load_options)
+                         **options)
         else:
             local = Path(source_path(spec)).expanduser()
             hf = _read_json(local / "config.json")
@@ -65,7 +68,7 @@ class Drafts:
                 _check_embedding(spec, (hf or {}).get("vocab_size"), tokenizer)
             from edgegen.api.model import load
 
-            draft = load(spec, runtime=model.manifest.runtime, _draft=True, **model.load_options)
+            draft = load(spec, runtime=model.manifest.runtime, _draft=True, **options)
         if not hasattr(draft, "tokenizer"):
             raise ConfigError(f"the draft {spec!r} is not a language model")
         if draft.manifest.family == "dllm":  # a converted folder or a hub id: known only now

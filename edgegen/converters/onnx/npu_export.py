@@ -17,6 +17,10 @@ from edgegen.core.errors import ConfigError
 CHUNK_FILE, STEP_FILE = "npu.chunk.onnx", "npu.step.onnx"
 DATA_FILE, EMBED_FILE = "npu.onnx.data", "npu.embed.safetensors"
 PRECISIONS = ("fp32", "fp16", "w8a16")
+# Memory a conversion needs beyond the loaded weights, in multiples of their fp32 size (measured
+# on the Qwen2.5-0.5B shape, 2 GB of fp32 weights: fp16 peaked at 11 GB, w8a16 at 23 GB: two
+# graphs in memory, and for w8a16 onnxruntime's quantizer and calibration copies of them).
+MEMORY_FACTOR = {"fp32": 3, "fp16": 4.5, "w8a16": 10}
 DEFAULT_CONTEXT, DEFAULT_CHUNK = 1024, 16
 
 
@@ -41,6 +45,11 @@ def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, c
         raise ConfigError(f"--quant {precision!r} is not offered for NPU bundles; choose {', '.join(PRECISIONS)}")
     from safetensors.numpy import save_file
 
+    from edgegen.core.memory import check_fits
+
+    fp32_bytes = sum(w.size for w in weights.values()) * 4
+    check_fits(int(MEMORY_FACTOR[precision] * fp32_bytes), f"a {precision} NPU bundle of this model",
+               "convert on a machine with more memory" + (", or choose --quant fp16" if precision == "w8a16" else ""))
     on_stage("building NPU graphs")
     if precision == "w8a16":
         protos = _quantized(c, weights, out, context, chunk, calibration_ids or [], on_stage)
