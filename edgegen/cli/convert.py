@@ -14,9 +14,9 @@ from edgegen.cli._app import main
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--runtime", type=click.Choice(["mlx", "onnx"]), default="onnx", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--quant", type=click.Choice(["none", "q8", "q4", "fp16", "w8a16"]), default=None,
-              help="Weights: none (default), q8 or q4; for --target npu fp16 (default), w8a16 (QDQ: int8 "
-                   "weights, uint16 activations) or none (fp32).")
+@click.option("--quant", type=click.Choice(["none", "q8", "q4", "fp16", "w8a16", "w4a16"]), default=None,
+              help="Weights: none (default), q8 or q4; for --target npu fp16 (default), w8a16 / w4a16 (QDQ: "
+                   "int8 / int4 weights, uint16 activations) or none (fp32).")
 @click.option("--group-size", type=click.Choice(["32", "64", "128"]), default=None,
               help="Quantization group size (default 32 for ONNX, 64 for MLX).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")

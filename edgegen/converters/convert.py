@@ -20,7 +20,7 @@ from edgegen.tokenizer import TOKENIZER_FILES, Tokenizer
 
 GROUP_SIZES = (32, 64, 128)
 TARGETS = ("cpu", "npu")
-NPU_QUANTS = {"none": "fp32", "fp16": "fp16", "w8a16": "w8a16"}  # --quant for --target npu -> the bundle's precision
+NPU_QUANTS = {"none": "fp32", "fp16": "fp16", "w8a16": "w8a16", "w4a16": "w4a16"}  # --quant for --target npu -> the bundle's precision
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-NEG = {"fp32": -30000.0, "fp16": -30000.0, "w8a16": -100.0}  # "may not see", per precision: finite in
+NEG = {"fp32": -30000.0, "fp16": -30000.0, "w8a16": -100.0, "w4a16": -100.0}  # "may not see", per precision: finite in
 # float16; a quantized mask needs a small range (its 16 bits also cover the scores it is added to),
 # and e^-100 is still 0 next to any visible key's weight
 

@@ -16,11 +16,11 @@ from edgegen.core.errors import ConfigError
 
 CHUNK_FILE, STEP_FILE = "npu.chunk.onnx", "npu.step.onnx"
 DATA_FILE, EMBED_FILE = "npu.onnx.data", "npu.embed.safetensors"
-PRECISIONS = ("fp32", "fp16", "w8a16")
+PRECISIONS = ("fp32", "fp16", "w8a16", "w4a16")
 # Memory a conversion needs beyond the loaded weights, in multiples of their fp32 size (measured
 # on the Qwen2.5-0.5B shape, 2 GB of fp32 weights: fp16 peaked at 11 GB, w8a16 at 23 GB: two
 # graphs in memory, and for w8a16 onnxruntime's quantizer and calibration copies of them).
-MEMORY_FACTOR = {"fp32": 3, "fp16": 4.5, "w8a16": 10}
+MEMORY_FACTOR = {"fp32": 3, "fp16": 4.5, "w8a16": 10, "w4a16": 10}
 DEFAULT_CONTEXT, DEFAULT_CHUNK = 1024, 16
 
 
@@ -51,8 +51,8 @@ def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, c
     check_fits(int(MEMORY_FACTOR[precision] * fp32_bytes), f"a {precision} NPU bundle of this model",
                "convert on a machine with more memory" + (", or choose --quant fp16" if precision == "w8a16" else ""))
     on_stage("building NPU graphs")
-    if precision == "w8a16":
-        protos = _quantized(c, weights, out, context, chunk, calibration_ids or [], on_stage)
+    if precision in ("w8a16", "w4a16"):
+        protos = _quantized(c, weights, out, context, chunk, calibration_ids or [], on_stage, precision)
     else:
         protos = {}
         for name, size in ((CHUNK_FILE, chunk), (STEP_FILE, 1)):
@@ -70,8 +70,8 @@ def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, c
 
 
 def _quantized(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, context: int, chunk: int,
-               ids: list[int], on_stage: Callable[[str], None]) -> dict[str, onnx.ModelProto]:
-    """The w8a16 QDQ graphs, quantized from fp32 graphs written to a scratch folder."""
+               ids: list[int], on_stage: Callable[[str], None], precision: str) -> dict[str, onnx.ModelProto]:
+    """The QDQ graphs (w8a16 or w4a16), quantized from fp32 graphs written to a scratch folder."""
     from edgegen.converters.onnx.npu_quant import quantize_graphs, scratch_folder
 
     with scratch_folder(out) as scratch:
@@ -82,7 +82,7 @@ def _quantized(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, cont
                             str(graphs[role]), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{role}.onnx.data", size_threshold=1024)
         table = weights["model.embed_tokens.weight"].astype(np.float32)
-        protos = quantize_graphs(c, scratch, graphs, table, context, chunk, ids, on_stage)
+        protos = quantize_graphs(c, scratch, graphs, table, context, chunk, ids, on_stage, precision)
     return {CHUNK_FILE: protos["chunk"], STEP_FILE: protos["step"]}
 
 

@@ -24,15 +24,19 @@ STEP_SAMPLES = 48  # one-token calibration runs of the step graph
 CHUNK_SAMPLES = 16  # calibration runs of the chunk graph
 
 
+WEIGHT_BITS = {"w8a16": "QInt8", "w4a16": "QInt4"}
+
+
 def quantize_graphs(c: DecoderConfig, scratch: Path, graphs: dict[str, Path], table: np.ndarray, capacity: int,
-                    chunk: int, ids: list[int], on_stage: Callable[[str], None]) -> dict[str, onnx.ModelProto]:
+                    chunk: int, ids: list[int], on_stage: Callable[[str], None],
+                    precision: str = "w8a16") -> dict[str, onnx.ModelProto]:
     """The QDQ protos of `graphs` ({"chunk": fp32 path, "step": fp32 path}) in `scratch`."""
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     if len(ids) < chunk + STEP_SAMPLES:
         raise ConfigError(f"the calibration text gives {len(ids)} tokens; w8a16 needs at least {chunk + STEP_SAMPLES}")
-    on_stage("calibrating w8a16")
+    on_stage(f"calibrating {precision}")
     samples = calibration_feeds(c, graphs, table, capacity, chunk, ids)
 
     class Reader(CalibrationDataReader):
@@ -44,13 +48,13 @@ def quantize_graphs(c: DecoderConfig, scratch: Path, graphs: dict[str, Path], ta
 
     out = {}
     for role, path in graphs.items():
-        on_stage(f"quantizing the {role} graph to w8a16")
+        on_stage(f"quantizing the {role} graph to {precision}")
         prepared = scratch / f"{role}.prepared.onnx"
         source = prepared if qnn_preprocess_model(str(path), str(prepared)) else path
         config = get_qnn_qdq_config(str(source), Reader(samples[role]), activation_type=QuantType.QUInt16,
-                                    weight_type=QuantType.QInt8, per_channel=True)
+                                    weight_type=getattr(QuantType, WEIGHT_BITS[precision]), per_channel=True)
         config.use_external_data_format = True  # a 0.5B model's fp32 graph is over protobuf's 2 GB
-        target = scratch / f"{role}.w8a16.onnx"
+        target = scratch / f"{role}.{precision}.onnx"
         with _quiet():
             quantize(str(source), str(target), config)
         out[role] = onnx.load(str(target))
@@ -65,7 +69,7 @@ def calibration_feeds(c: DecoderConfig, graphs: dict[str, Path], table: np.ndarr
 
     sessions = {role: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for role, p in graphs.items()}
     shape = StaticShape(c.hidden_size, c.num_attention_heads // c.num_key_value_heads, c.inv_freq(), capacity,
-                        NEG["w8a16"])
+                        NEG["w8a16"])  # the same mask value for every QDQ precision
     cache = HostCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, capacity)
     block = c.diffusion.block_size if c.diffusion is not None else None
     prefill = ids[: min(len(ids) - STEP_SAMPLES, CHUNK_SAMPLES * chunk, capacity - STEP_SAMPLES)]

@@ -19,7 +19,7 @@ from edgegen.core.errors import CapabilityError, ContextOverflow, InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
 from edgegen.core.static_feeds import NEG, HostCache, StaticShape, causal
-from edgegen.runtimes.onnx.session import create_npu_session, ort_message
+from edgegen.runtimes.onnx.session import choose_provider, create_npu_session, ort_message
 
 
 class NpuLanguageModel:
@@ -34,7 +34,7 @@ class NpuLanguageModel:
         self.vocab_size, self.hidden_size = c.vocab_size, c.hidden_size
         self.capacity, self.chunk = int(manifest.npu["context"]), int(manifest.npu["chunk"])
         self.context_length = self.capacity
-        self.provider = provider or "cpu"
+        self.provider = choose_provider(provider)  # one absent from this build: the CPU, said in one line
         files = manifest.files
         self.sessions = {size: create_npu_session(folder / files[key], self.provider, threads)
                          for size, key in ((1, "npu_step"), (self.chunk, "npu_chunk"))}

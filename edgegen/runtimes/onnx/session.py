@@ -27,11 +27,13 @@ PROVIDERS = {
     "qnn": "QNNExecutionProvider",
     "dml": "DmlExecutionProvider",
     "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
 }
 AUTO_ORDER = ("cuda", "dml", "coreml", "qnn")  # tried by "auto" before the CPU
 PROVIDER_OPTIONS = {
     "coreml": {"ModelFormat": "MLProgram", "MLComputeUnits": "ALL"},
     "qnn": {"backend_path": "QnnHtp.dll" if sys.platform == "win32" else "libQnnHtp.so"},
+    "openvino": {"device_type": "NPU"},
 }
 
 
@@ -59,7 +61,9 @@ def choose_provider(requested: str | None) -> str:
     requested = (requested or "cpu").lower()
     if requested not in PROVIDERS and requested != "auto":
         raise ConfigError(f"unknown provider {requested!r}; choose one of auto, {', '.join(PROVIDERS)}")
-    available = set(ort.get_available_providers()) | ({PROVIDERS["qnn"]} if qnn_devices(ort) else set())
+    available = set(ort.get_available_providers())
+    if requested in ("qnn", "auto") and qnn_devices(ort):  # the plugin is loaded only when asked for
+        available.add(PROVIDERS["qnn"])
     if requested == "auto":
         return next((p for p in AUTO_ORDER if PROVIDERS[p] in available), "cpu")
     if PROVIDERS[requested] not in available:
@@ -154,7 +158,7 @@ def create_npu_session(model_path: Path, provider: str, threads: int | None = No
     if provider == "cpu":
         return create_session(model_path, "cpu", threads)
     if provider != "qnn":
-        raise ConfigError(f"NPU bundles run on the cpu and qnn providers here; {provider} is not offered for them")
+        return _strict_session(model_path, provider, threads)
     import hashlib
     import json
 
@@ -170,6 +174,22 @@ def create_npu_session(model_path: Path, provider: str, threads: int | None = No
                 stale.unlink(missing_ok=True)
     writable = os.access(model_path.parent, os.W_OK)
     return _qnn_session(ort, model_path, threads, cached if writable else None)
+
+
+def _strict_session(model_path: Path, provider: str, threads: int | None):
+    """An NPU bundle's graph on a provider this onnxruntime build lists (CoreML, OpenVINO, ...),
+    with the CPU fallback disabled."""
+    ort = import_ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads or int(os.environ.get("EDGEGEN_THREADS", "0"))
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    try:
+        return ort.InferenceSession(str(model_path), sess_options=options,
+                                    providers=[(PROVIDERS[provider], PROVIDER_OPTIONS.get(provider, {}))])
+    except Exception as exc:  # onnxruntime raises its own types
+        raise BackendUnavailable(f"{provider} cannot run all of {model_path.name}, and NPU bundles do not fall "
+                                 f"back to the CPU ({ort_message(exc)}); run it with --provider cpu") from None
 
 
 def _qnn_session(ort, path: Path, threads: int | None, save_to: Path | None):
@@ -195,11 +215,10 @@ def _qnn_session(ort, path: Path, threads: int | None, save_to: Path | None):
 
 
 def placement(model_path: Path, provider: str) -> tuple[int, int]:
-    """(nodes the provider takes, nodes in the graph), with the CPU fallback allowed: the graph is
-    compiled once with optimizations off, and the nodes left outside its EPContext partitions count
-    as the CPU's."""
-    import tempfile
-
+    """(nodes the provider takes, nodes in the graph). First as the runtime loads a bundle, CPU
+    fallback disabled: if that compiles, the provider took every node (QNN then also takes the
+    quantize/dequantize pairs at a QDQ graph's edges, which it otherwise leaves to the CPU).
+    Otherwise with the fallback allowed, counting the nodes left outside QNN's EPContext partitions."""
     import onnx
 
     ort = import_ort()
@@ -209,11 +228,24 @@ def placement(model_path: Path, provider: str) -> tuple[int, int]:
     if provider != "qnn" or not qnn_devices(ort):
         raise BackendUnavailable(f"node placement is measured for the qnn provider (with onnxruntime-qnn "
                                  f"installed); {provider} is not available here")
+    left = _left_on_cpu(ort, model_path, fallback=False)
+    if left is None:
+        left = _left_on_cpu(ort, model_path, fallback=True)
+    return total - left, total
+
+
+def _left_on_cpu(ort, model_path: Path, fallback: bool) -> int | None:
+    """Nodes outside QNN's partitions after compiling `model_path` (None: it did not compile)."""
+    import tempfile
+
+    import onnx
+
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "placed.onnx"
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # one node per node
+        if not fallback:
+            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         options.add_session_config_entry("ep.context_enable", "1")
         options.add_session_config_entry("ep.context_file_path", str(dump))
         options.add_session_config_entry("ep.context_embed_mode", "0")
@@ -222,8 +254,9 @@ def placement(model_path: Path, provider: str) -> tuple[int, int]:
             with _native_prints_to_stderr():
                 ort.InferenceSession(str(model_path), sess_options=options)
         except Exception as exc:
+            if not fallback:
+                return None
             raise BackendUnavailable(f"QNN could not compile {model_path.name} ({ort_message(exc)}){_HTP_HINT}") from None
         if not dump.is_file():  # nothing was placed on QNN
-            return 0, total
-        left = [n for n in onnx.load(str(dump), load_external_data=False).graph.node if n.op_type != "EPContext"]
-    return total - len(left), total
+            return len(onnx.load(str(model_path), load_external_data=False).graph.node)
+        return sum(n.op_type != "EPContext" for n in onnx.load(str(dump), load_external_data=False).graph.node)
