@@ -151,6 +151,8 @@ def test_what_a_bundle_cannot_do_is_one_line(bundles):
     (["--target", "npu", "--quant", "q4"], "not offered for NPU bundles"),
     (["--target", "npu", "--runtime", "mlx"], "--runtime onnx"),
     (["--context", "64"], "add --target npu"),
+    (["--target", "npu", "--calibration", "/nonexistent.txt", "--quant", "w8a16"], "no such file"),
+    (["--target", "npu", "--calibration", __file__], "applies to --quant w8a16 or w4a16"),
 ])
 def test_bad_npu_conversions_are_one_line(args, words, tmp_path):
     result = CliRunner().invoke(main, ["convert", "tiny-chat", "-o", str(tmp_path / "out"), *args])
@@ -214,3 +216,15 @@ def test_a_provider_missing_from_this_build_runs_the_bundle_on_the_cpu(bundles, 
         pytest.skip("this onnxruntime build has CoreML")
     model = edgegen.load(bundles("tiny-chat"), provider="coreml")
     assert model.backend.provider == "cpu" and "not in this onnxruntime build" in capfd.readouterr().err
+
+
+def test_w8a16_calibrates_on_a_given_text(tmp_path):
+    from edgegen.core.data import HELDOUT, bundled_text
+
+    text = tmp_path / "calibration.txt"
+    text.write_text(bundled_text(HELDOUT), encoding="utf-8")
+    out = tmp_path / "draft"
+    result = CliRunner().invoke(main, ["convert", "tiny-draft", "-o", str(out), "--target", "npu", "--context", "128",
+                                       "--quant", "w8a16", "--calibration", str(text)])
+    assert result.exit_code == 0, result.output
+    assert np.isfinite(edgegen.load(out).logits([5, 17, 42])).all()

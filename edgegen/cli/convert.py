@@ -25,14 +25,17 @@ from edgegen.cli._app import main
               help="onnx: npu writes static-shape graphs of standard ops for NPU execution providers.")
 @click.option("--context", type=int, default=None, help="--target npu: the KV cache's capacity (default 1024).")
 @click.option("--chunk", type=int, default=None, help="--target npu: inputs per chunk graph run (default 16).")
+@click.option("--calibration", default=None, metavar="FILE",
+              help="--quant w8a16/w4a16: UTF-8 text to calibrate activations on (default: the bundled text).")
 def convert(src: str, out: Path, runtime: str, dtype: str, quant: str | None, group_size: str | None,
-            revision: str | None, force: bool, target: str, context: int | None, chunk: int | None) -> None:
+            revision: str | None, force: bool, target: str, context: int | None, chunk: int | None,
+            calibration: str | None) -> None:
     """Convert SRC (a Hugging Face folder, hub repo id or bundled model name) into OUT."""
     from edgegen.models import convert_source
 
     path = convert_source(src, out, runtime=runtime, dtype=dtype, quant=quant, revision=revision, force=force,
                           group_size=int(group_size) if group_size else None, target=target, context=context,
-                          chunk=chunk)
+                          chunk=chunk, calibration=calibration)
     click.echo(f"wrote {path}", err=True)
 
 

@@ -34,6 +34,7 @@ class ConvertOptions:
     target: str = "cpu"  # onnx: "npu" writes the static-shape bundle (converters/onnx/npu.py)
     context: int | None = None  # target npu: the KV cache's fixed capacity
     chunk: int | None = None  # target npu: inputs per chunk-graph run
+    calibration: str | None = None  # target npu, w8a16/w4a16: a UTF-8 text file to calibrate on
 
     def validated(self) -> "ConvertOptions":
         if self.quant is None:
@@ -42,8 +43,8 @@ class ConvertOptions:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.target == "npu":
             return self._validated_npu()
-        if self.context is not None or self.chunk is not None:
-            raise ConfigError("--context and --chunk size an NPU bundle; add --target npu")
+        if self.context is not None or self.chunk is not None or self.calibration is not None:
+            raise ConfigError("--context, --chunk and --calibration apply to NPU bundles; add --target npu")
         for value, allowed, flag in ((self.runtime, RUNTIMES, "--runtime"), (self.dtype, DTYPES, "--dtype"),
                                      (self.quant, QUANTS, "--quant")):
             if value not in allowed:
@@ -62,6 +63,11 @@ class ConvertOptions:
                               f"{', '.join(NPU_QUANTS)} (none is fp32)")
         if self.dtype != "fp32" or self.group_size is not None:
             raise ConfigError("--dtype and --group-size do not apply to NPU bundles; --quant sets their precision")
+        if self.calibration is not None:
+            if self.quant not in ("w8a16", "w4a16"):
+                raise ConfigError("--calibration applies to --quant w8a16 or w4a16 (float bundles need none)")
+            if not Path(self.calibration).expanduser().is_file():
+                raise ConfigError(f"--calibration {self.calibration}: no such file; give a UTF-8 text file")
         return self
 
     def quantization(self) -> Quantization:
@@ -121,7 +127,7 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
 
             files = export_npu(c, weights, tmp, context=options.context, chunk=options.chunk,
                                precision=NPU_QUANTS[options.quant], on_stage=bar.set_postfix_str,
-                               calibration_ids=_calibration_ids(tokenizer, c))
+                               calibration_ids=_calibration_ids(tokenizer, c, options.calibration))
             bar.update(c.num_hidden_layers)
         elif options.runtime == "onnx":
             from edgegen.converters.onnx.export import export_onnx
@@ -138,11 +144,19 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
         bar.update(1)
 
 
-def _calibration_ids(tokenizer: Tokenizer, c) -> list[int]:
-    """The bundled calibration text in the model's tokens (valid ids only), at most 512 of them."""
-    text = bundled_text(CALIBRATION)
+def _calibration_ids(tokenizer: Tokenizer, c, path: str | None = None, limit: int = 512) -> list[int]:
+    """The calibration text (the bundled one, or the first 64k characters of `path`) in the model's
+    tokens (valid ids only), at most `limit` of them."""
+    if path is None:
+        text = bundled_text(CALIBRATION)
+    else:
+        try:
+            with open(Path(path).expanduser(), encoding="utf-8") as f:
+                text = f.read(65536)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--calibration {path} cannot be read as UTF-8 text ({exc})") from None
     ids = [i for i in tokenizer.encode(text) if 0 <= i < c.vocab_size]
-    return ids[: min(512, c.context_length)]
+    return ids[: min(limit, c.context_length)]
 
 
 def _copy_ngram_store(src: Path, dst: Path) -> None:
