@@ -138,10 +138,25 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
             from edgegen.converters.mlx import export_mlx
 
             files = export_mlx(c, weights, tmp, options.dtype, quant)
+            files["config"] = _write_mlx_lm_config(tmp, ckpt.hf_config, options.dtype, quant)
             bar.update(c.num_hidden_layers)
         del weights
         _manifest(ckpt, source, options, quant, tokenizer, files).write(tmp)
         bar.update(1)
+
+
+def _write_mlx_lm_config(folder: Path, hf: dict, dtype: str, quant: Quantization) -> str:
+    """config.json as mlx-lm (and mlx-swift's LLM loaders) read a converted folder: the source's
+    config, the weights' dtype, and mlx-lm's `quantization` entry for q8/q4 weights."""
+    import json
+
+    config = {k: v for k, v in hf.items() if k not in ("quantization", "quantization_config")}
+    config["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
+    if quant.bits:
+        config["quantization"] = {"group_size": quant.group_size, "bits": quant.bits}
+        config["quantization_config"] = config["quantization"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return "config.json"
 
 
 def _calibration_ids(tokenizer: Tokenizer, c, path: str | None = None, limit: int = 512) -> list[int]:

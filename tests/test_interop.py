@@ -1,0 +1,50 @@
+"""edgegen's outputs in the peers' runtimes: an MLX conversion is an mlx-lm folder (config.json with
+mlx-lm's `quantization` entry, Hugging Face weight names, tokenizer files), so `mlx_lm.load` runs it
+and decodes the same greedy tokens as edgegen."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import edgegen
+from conftest import ARCHS
+
+mlx_lm = pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
+
+PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
+
+
+def mlx_lm_greedy(folder, ids, n):
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.sample_utils import make_sampler
+
+    model, _ = mlx_lm.load(str(folder))
+    steps = generate_step(mx.array(ids), model, sampler=make_sampler(0.0), max_tokens=n)
+    return [int(token) for token, _ in steps]
+
+
+@pytest.mark.parametrize("quant", ["none", "q8", "q4"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlx_lm_loads_our_folder_and_decodes_our_tokens(arch, quant, converted):
+    folder = converted(arch, "mlx", quant)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == arch
+    assert ("quantization" in config) == (quant != "none")
+    ours = edgegen.load(folder).generate(PROMPT, max_tokens=16, ignore_eos=True).token_ids
+    assert mlx_lm_greedy(folder, PROMPT, 16) == ours
+
+
+def test_bundled_chat_model_in_mlx_lm(tmp_path):
+    out = tmp_path / "tiny-chat-mlx"
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    result = CliRunner().invoke(main, ["convert", "tiny-chat", "-o", str(out), "--runtime", "mlx", "--dtype", "fp16"])
+    assert result.exit_code == 0, result.output
+    ours = edgegen.load(out)
+    ids = ours.tokenizer.encode_chat([{"role": "user", "content": "What is a list?"}])
+    assert mlx_lm_greedy(out, ids, 24) == ours.generate(ids, max_tokens=24, ignore_eos=True).token_ids
