@@ -1,6 +1,7 @@
 """edgegen's outputs in the peers' runtimes: an MLX conversion is an mlx-lm folder (config.json with
-mlx-lm's `quantization` entry, Hugging Face weight names, tokenizer files), so `mlx_lm.load` runs it
-and decodes the same greedy tokens as edgegen."""
+mlx-lm's `quantization` entry, Hugging Face weight names, tokenizer files), so `mlx_lm.load` runs it;
+an ONNX conversion carries `model.genai.onnx` + `genai_config.json`, so onnxruntime-genai runs it.
+Both decode the same greedy tokens as edgegen."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import pytest
 import edgegen
 from conftest import ARCHS
 
-mlx_lm = pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
+
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 128, 11]
 
 
 def mlx_lm_greedy(folder, ids, n):
+    mlx_lm = pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
     import mlx.core as mx
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler
@@ -48,3 +50,38 @@ def test_bundled_chat_model_in_mlx_lm(tmp_path):
     ours = edgegen.load(out)
     ids = ours.tokenizer.encode_chat([{"role": "user", "content": "What is a list?"}])
     assert mlx_lm_greedy(out, ids, 24) == ours.generate(ids, max_tokens=24, ignore_eos=True).token_ids
+
+
+def genai_greedy(folder, ids, n):
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + n, min_length=len(ids) + n)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    out = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+    return out
+
+
+@pytest.mark.parametrize("quant", ["none", "q4"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnxruntime_genai_runs_our_folder_and_decodes_our_tokens(arch, quant, converted):
+    folder = converted(arch, "onnx", quant)
+    config = json.loads((folder / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["filename"] == "model.genai.onnx" and config["model"]["type"] == arch
+    ours = edgegen.load(folder).generate(PROMPT, max_tokens=16, ignore_eos=True).token_ids
+    assert genai_greedy(folder, PROMPT, 16) == ours
+
+
+def test_the_genai_graph_reads_the_same_weights_file(converted):
+    import onnx
+
+    folder = converted("qwen2", "onnx")
+    graph = onnx.load(str(folder / "model.genai.onnx"), load_external_data=False)
+    places = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert "model.onnx.data" in places
+    extra = folder / "model.genai.onnx.data"
+    assert not extra.exists() or extra.stat().st_size < 0.1 * (folder / "model.onnx.data").stat().st_size

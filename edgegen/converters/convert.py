@@ -134,6 +134,14 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
 
             files = export_onnx(c, weights, tmp, quant, on_layer=lambda i: bar.update(1),
                                 on_stage=bar.set_postfix_str, calibration_ids=_calibration_ids(tokenizer, c))
+            if "genai_model" in files:
+                from edgegen.converters.onnx.genai import write_genai_config
+
+                special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)}
+                generation = _read_json_file(ckpt.folder / "generation_config.json")
+                written = write_genai_config(tmp, c, files["genai_model"], special, generation)
+                if written:
+                    files["genai_config"] = written
         else:
             from edgegen.converters.mlx import export_mlx
 
@@ -143,6 +151,15 @@ def _write(ckpt: Checkpoint, source: Source, tmp: Path, options: ConvertOptions)
         del weights
         _manifest(ckpt, source, options, quant, tokenizer, files).write(tmp)
         bar.update(1)
+
+
+def _read_json_file(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_mlx_lm_config(folder: Path, hf: dict, dtype: str, quant: Quantization) -> str:

@@ -24,19 +24,29 @@ Weights = dict[str, np.ndarray]
 
 
 def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
-                  on_layer: Callable[[int], None] = lambda i: None) -> ir.Model:
+                  on_layer: Callable[[int], None] = lambda i: None, genai: bool = False) -> ir.Model:
     """The whole graph. `separate_lm_head` gives the head its own (transposed) MatMul weight even
     when embeddings are tied, so that weight quantization can turn it into MatMulNBits.
 
     Autoregressive models attend causally (GQA's own mask) and keep the last `logits_to_keep`
     positions. Diffusion LLMs attend with `causal=0`, an `attention_bias` (the block structure, as
-    data) and explicit `position_ids`, and keep the positions [start, end) of `logits_range`."""
+    data) and explicit `position_ids`, and keep the positions [start, end) of `logits_range`.
+
+    `genai`: the inputs onnxruntime-genai's generator loop feeds (`input_ids`, `attention_mask`,
+    the KV cache), its sequence lengths computed from the mask inside the graph, logits for every
+    input, no grouped decode step: a second graph for that runtime (autoregressive models only)."""
     g = GraphBuilder()
-    ids = g.input("input_ids", I64, ["batch_size", "ids_length"])
-    embeds = g.input("inputs_embeds", F32, ["batch_size", "embeds_length", c.hidden_size])
-    step = {"seqlens_k": g.input("seqlens_k", I32, ["batch_size"]),
-            "total_len": g.input("total_sequence_length", I32, [])}
-    if c.diffusion is None:
+    ids = g.input("input_ids", I64, ["batch_size", "ids_length" if not genai else "sequence_length"])
+    if genai:
+        step = _lengths_from_mask(g, g.input("attention_mask", I64, ["batch_size", "total_sequence_length"]))
+        embeds = keep = None
+    else:
+        embeds = g.input("inputs_embeds", F32, ["batch_size", "embeds_length", c.hidden_size])
+        step = {"seqlens_k": g.input("seqlens_k", I32, ["batch_size"]),
+                "total_len": g.input("total_sequence_length", I32, [])}
+    if genai:
+        pass
+    elif c.diffusion is None:
         keep = g.input("logits_to_keep", I64, [1])
     else:
         step["positions"] = g.input("position_ids", I64, ["batch_size", "sequence_length"])
@@ -45,8 +55,9 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
     step["cos"], step["sin"] = _rotary_caches(g, c)
     table = g.weight("model.embed_tokens.weight", w["model.embed_tokens.weight"])  # (vocab, hidden)
     x = g.op("Gather", "/model/embed_tokens", [table, ids])  # (B, S_ids, hidden)
-    x = g.op("Concat", "/model/inputs", [x, embeds], axis=1)  # token ids first, then given embeddings
-    if _grouped(c):
+    if embeds is not None:
+        x = g.op("Concat", "/model/inputs", [x, embeds], axis=1)  # token ids first, then given embeddings
+    if _grouped(c) and not genai:
         grouped_decode.step_inputs(g, c, x, step)
     residual, delta = x, None
     for i in range(c.num_hidden_layers):
@@ -61,6 +72,10 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
                      ["batch_size", c.num_key_value_heads, "present_sequence_length", c.head_dim])
         on_layer(i)
     h, _ = _norm(g, c, w, "model.norm", delta, residual)
+    if genai:  # logits of every input: the generator picks the last
+        g.output(_lm_head(g, c, w, h, table, separate_lm_head), "logits", F32,
+                 ["batch_size", "sequence_length", c.vocab_size])
+        return g.model(f"edgegen {c.model_type} decoder for onnxruntime-genai")
     if c.diffusion is None:
         start, end = g.op("Neg", "/model/logits_to_keep", [keep]), g.const([np.iinfo(np.int64).max])
     else:
@@ -68,6 +83,17 @@ def build_decoder(c: DecoderConfig, w: Weights, *, separate_lm_head: bool,
     h = g.op("Slice", "/model/kept_positions", [h, start, end, g.const([1])])
     g.output(_lm_head(g, c, w, h, table, separate_lm_head), "logits", F32, ["batch_size", "kept_length", c.vocab_size])
     return g.model(f"edgegen {c.model_type} decoder")
+
+
+def _lengths_from_mask(g: GraphBuilder, mask: ir.Value) -> dict[str, ir.Value]:
+    """GroupQueryAttention's seqlens_k (tokens seen − 1 per row) and total_sequence_length, from
+    the (B, total) attention mask onnxruntime-genai feeds."""
+    seen = g.op("ReduceSum", "/model/attn_mask/seen", [mask, g.const([1])], keepdims=0)  # (B,)
+    last = g.op("Sub", "/model/attn_mask/last", [seen, g.const(1)])
+    total = g.op("Gather", "/model/attn_mask/total", [g.op("Shape", "/model/attn_mask/shape", [mask]), g.const(1)],
+                 axis=0)
+    return {"seqlens_k": g.op("Cast", "/model/attn_mask/seqlens_k", [last], to=ir.DataType.INT32),
+            "total_len": g.op("Cast", "/model/attn_mask/total_len", [total], to=ir.DataType.INT32)}
 
 
 def _grouped(c: DecoderConfig) -> bool:

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from edgegen.archs._decoder import DecoderConfig
 from edgegen.converters.onnx.npu import build_npu_decoder
+from edgegen.converters.onnx.shared_weights import share_weights, tensor_digests
 from edgegen.core.errors import ConfigError
 
 CHUNK_FILE, STEP_FILE = "npu.chunk.onnx", "npu.step.onnx"
@@ -59,10 +60,10 @@ def export_npu(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, *, c
             proto = ir.serde.serialize_model(build_npu_decoder(c, weights, chunk=size, capacity=context))
             protos[name] = _to_fp16(proto) if precision == "fp16" else proto
     on_stage("saving NPU graphs")
-    digests = _digests(protos[CHUNK_FILE])  # before saving, which moves the values out of the proto
+    digests = tensor_digests(protos[CHUNK_FILE])  # before saving, which moves the values out of the proto
     onnx.save_model(protos[CHUNK_FILE], str(out / CHUNK_FILE), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
-    _share_weights(protos[STEP_FILE], out / CHUNK_FILE, digests)
+    share_weights(protos[STEP_FILE], out / CHUNK_FILE, digests)
     onnx.save_model(protos[STEP_FILE], str(out / STEP_FILE))
     table = weights["model.embed_tokens.weight"].astype(np.float16 if precision == "fp16" else np.float32)
     save_file({"embed_tokens": np.ascontiguousarray(table)}, str(out / EMBED_FILE))
@@ -86,35 +87,9 @@ def _quantized(c: DecoderConfig, weights: dict[str, np.ndarray], out: Path, cont
     return {CHUNK_FILE: protos["chunk"], STEP_FILE: protos["step"]}
 
 
-def _share_weights(proto: onnx.ModelProto, saved: Path, digests: dict[str, str]) -> None:
-    """Point `proto`'s large initializers at the weights file `saved` already wrote (where name and
-    value, by `digests`, are the same), so the two graphs share one copy on disk."""
-    places = {t.name: list(t.external_data) for t in onnx.load(str(saved), load_external_data=False).graph.initializer
-              if t.data_location == onnx.TensorProto.EXTERNAL}
-    for tensor in proto.graph.initializer:
-        if tensor.name in places and digests.get(tensor.name) == _digest(tensor):
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            tensor.external_data.extend(places[tensor.name])
-
 
 def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Weights and compute in float16; inputs and outputs stay float32 (cast at the edges)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     return convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True)
-
-
-
-def _digests(proto: onnx.ModelProto) -> dict[str, str]:
-    return {t.name: _digest(t) for t in proto.graph.initializer}
-
-
-def _digest(tensor: onnx.TensorProto) -> str:
-    import hashlib
-
-    from onnx import numpy_helper
-
-    value = numpy_helper.to_array(tensor)
-    return hashlib.sha256(f"{value.dtype}{value.shape}".encode() + value.tobytes()).hexdigest()
