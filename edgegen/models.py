@@ -51,6 +51,59 @@ def is_converted(path: str | Path) -> bool:
     return (Path(path).expanduser() / MANIFEST_NAME).is_file()
 
 
+def is_mlx_lm(path: str | Path) -> bool:
+    """A folder mlx-lm wrote (`mlx_lm.convert`, mlx-community's models): config.json with mlx-lm's
+    `quantization` entry, or safetensors marked format "mlx"; edgegen runs it as it is."""
+    folder = Path(path).expanduser()
+    if is_converted(folder) or not (folder / "config.json").is_file():
+        return False
+    try:
+        if "quantization" in json.loads((folder / "config.json").read_text(encoding="utf-8")):
+            return True
+        first = next(iter(sorted(folder.glob("*.safetensors"))), None)
+        if first is None:
+            return False
+        with open(first, "rb") as f:  # the header: 8 bytes of length, then JSON with __metadata__
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 2**24)))
+        return header.get("__metadata__", {}).get("format") == "mlx"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_manifest(folder: str | Path):
+    """The manifest of a converted folder, or one made for an mlx-lm folder."""
+    from edgegen.core.manifest import Manifest
+
+    if is_mlx_lm(folder):
+        return mlx_lm_manifest(Path(folder).expanduser())
+    return Manifest.read(folder)
+
+
+def mlx_lm_manifest(folder: Path):
+    """What edgegen needs to run an mlx-lm folder, read from its own files (nothing is written)."""
+    from edgegen.core.manifest import Manifest, Quantization
+    from edgegen.tokenizer import Tokenizer
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    q = config.get("quantization")
+    quant = Quantization()
+    if q:
+        extra = sorted(k for k in q if k not in ("group_size", "bits", "mode"))
+        if q.get("bits") not in (4, 8) or q.get("mode", "affine") != "affine" or extra:
+            raise ConfigError(f"{folder} is quantized as mlx-lm's {q!r:.80}; edgegen runs 4- and 8-bit affine "
+                              "quantization with one setting for every layer: convert the original checkpoint instead")
+        quant = Quantization(f"q{q['bits']}", int(q["group_size"]))
+    dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(config.get("torch_dtype") or config.get("dtype"), "fp32")
+    tokenizer = Tokenizer(folder)
+    return Manifest(
+        family="ar", architecture=str(config.get("model_type")), runtime="mlx", dtype=dtype, quantization=quant,
+        context_length=int(config.get("max_position_embeddings") or 4096), vocab_size=int(config["vocab_size"]),
+        special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
+        source={"path": str(folder), "layout": "mlx-lm"}, config=config,
+        files={"weights": "*.safetensors"})
+
+
 def _is_current(folder: Path) -> bool:
     """A cached conversion this edgegen can still load (its manifest's format is the current one)."""
     try:
@@ -79,8 +132,11 @@ def locate(model: str | None, runtime: str | None = None, quant: str = "none") -
     """The converted folder for `model`, converting it (with `quant` weights) into the cache on
     first use, and again when the cached copy was written by an older edgegen."""
     model = model or DEFAULT_MODEL
-    if is_converted(model) and quant == "none":
+    if (is_converted(model) or is_mlx_lm(model)) and quant == "none":
         return Path(model).expanduser()
+    if is_mlx_lm(model):
+        raise ConfigError(f"{model} is an mlx-lm folder, which edgegen runs as it is; a q4/q8 copy of it needs "
+                          "the original checkpoint (a draft: use prompt-lookup or another model)")
     runtime = runtime or default_runtime()
     src = source_path(model)
     if src == model and model == DEFAULT_MODEL and not Path(model).exists():

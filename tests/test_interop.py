@@ -85,3 +85,53 @@ def test_the_genai_graph_reads_the_same_weights_file(converted):
     assert "model.onnx.data" in places
     extra = folder / "model.genai.onnx.data"
     assert not extra.exists() or extra.stat().st_size < 0.1 * (folder / "model.onnx.data").stat().st_size
+
+
+# ------------------------------------------------------------------ their folders in edgegen
+
+@pytest.fixture(scope="module")
+def mlx_lm_folders(tmp_path_factory):
+    """mlx_lm.convert's own output for the bundled chat model: fp16, and 4- and 8-bit (the
+    mlx-community layout)."""
+    pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
+    from mlx_lm import convert
+
+    from edgegen.models import BUNDLED
+
+    made = {}
+    for name, options in {"fp16": dict(dtype="float16"), "q4": dict(quantize=True, q_bits=4, q_group_size=64),
+                          "q8": dict(quantize=True, q_bits=8, q_group_size=64)}.items():
+        made[name] = tmp_path_factory.mktemp("mlx-lm") / name
+        convert(str(BUNDLED / "tiny-chat"), mlx_path=str(made[name]), **options)
+    return made
+
+
+@pytest.mark.parametrize("kind", ["fp16", "q4", "q8"])
+def test_edgegen_runs_an_mlx_lm_folder_as_mlx_lm_does(kind, mlx_lm_folders):
+    folder = mlx_lm_folders[kind]
+    model = edgegen.load(folder)
+    assert model.manifest.source["layout"] == "mlx-lm" and not (folder / "edgegen.json").exists()
+    ids = model.tokenizer.encode("The json module in Python")
+    ours = model.generate(ids, max_tokens=16, ignore_eos=True).token_ids
+    assert ours == mlx_lm_greedy(folder, ids, 16)
+    lookup = model.generate(ids, max_tokens=16, ignore_eos=True, draft="prompt-lookup", num_draft=3)
+    assert lookup.token_ids == ours and lookup.stats.strategy == "speculative"
+    assert len(model.generate(ids, max_tokens=4, kv_bits=8).token_ids) == 4
+    assert len(model.complete("The json", drafts=2, max_tokens=3).drafts) == 2
+
+
+def test_mlx_lm_folders_from_the_command_line(mlx_lm_folders):
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    runner = CliRunner()
+    folder = str(mlx_lm_folders["q4"])
+    info = runner.invoke(main, ["info", folder])
+    assert info.exit_code == 0 and "q4 (group size 64)" in info.output
+    out = runner.invoke(main, ["generate", folder, "-p", "hi", "--max-tokens", "3"])
+    assert out.exit_code == 0, out.output
+    refused = runner.invoke(main, ["convert", folder, "-o", str(mlx_lm_folders["q4"].parent / "again")])
+    assert refused.exit_code == 2 and "mlx-lm folder" in refused.output and "download" not in refused.output
+    draft = runner.invoke(main, ["generate", folder, "-p", "hi", "--max-tokens", "3", "--draft", "q4"])
+    assert draft.exit_code == 2 and "original checkpoint" in draft.output

@@ -55,10 +55,10 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     `edgegen.images.ImageModel` for the `var` family (`quant`: q8/q4 weights for such a conversion).
     `provider` picks the ONNX Runtime execution provider
     (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
-    from edgegen.models import locate
+    from edgegen.models import locate, read_manifest
 
     folder = locate(str(model), runtime, quant)
-    manifest = Manifest.read(folder)
+    manifest = read_manifest(folder)
     if manifest.family == "var":
         from edgegen.images import load_image_model
 

@@ -71,6 +71,9 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     model_type = hf.get("model_type")
     if not model_type:
         raise ConfigError(f"{config_path} has no model_type; is it a transformers checkpoint?")
+    if "quantization" in hf and isinstance(hf["quantization"], dict) and "bits" in hf["quantization"]:
+        raise ConfigError(f"{folder} is an mlx-lm folder ({hf['quantization'].get('bits')}-bit): edgegen runs it as "
+                          "it is (edgegen generate/chat/serve DIR); to convert, start from the original checkpoint")
     config = registry.arch_module(model_type).parse_config(hf)
     if not has_tokenizer(folder):
         raise ConfigError(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); "

@@ -171,7 +171,6 @@ def _write_mlx_lm_config(folder: Path, hf: dict, dtype: str, quant: Quantization
     config["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
     if quant.bits:
         config["quantization"] = {"group_size": quant.group_size, "bits": quant.bits}
-        config["quantization_config"] = config["quantization"]
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return "config.json"
 

@@ -60,6 +60,23 @@ def build_model(config: DecoderConfig, manifest_quant=None):
     return model
 
 
+def _mlx_lm_model(config: DecoderConfig, folder: Path, quant):
+    """The model of an mlx-lm folder: its (possibly sharded) weights, the modules that come with
+    scales quantized, as mlx-lm itself loads them."""
+    mx = import_mlx()
+    import mlx.nn as nn
+
+    weights: dict = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        weights.update(mx.load(str(shard)))
+    model = registry.runtime_model_module("mlx", config.model_type).Model(config)
+    if quant is not None and quant.bits:
+        nn.quantize(model, group_size=quant.group_size, bits=quant.bits,
+                    class_predicate=lambda path, module: hasattr(module, "to_quantized") and f"{path}.scales" in weights)
+    model.load_weights(list(weights.items()))
+    return model
+
+
 class MLXLanguageModel:
     capabilities = (Capability.LOGITS | Capability.ROLLBACK | Capability.MULTI_TOKEN | Capability.SCORE_ONLY
                     | Capability.EMBEDDINGS | Capability.POSITIONS | Capability.BLOCK_ATTENTION
@@ -69,9 +86,12 @@ class MLXLanguageModel:
         mx = import_mlx()
         self.device = select_device(device)
         self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
-        self.model = build_model(self.config, manifest.quantization)
         try:
-            self.model.load_weights(str(folder / WEIGHTS))
+            if manifest.source.get("layout") == "mlx-lm":
+                self.model = _mlx_lm_model(self.config, folder, manifest.quantization)
+            else:
+                self.model = build_model(self.config, manifest.quantization)
+                self.model.load_weights(str(folder / WEIGHTS))
             self.model.eval()
             mx.eval(self.model.parameters())
         except (ValueError, RuntimeError, OSError) as exc:
