@@ -71,13 +71,69 @@ def is_mlx_lm(path: str | Path) -> bool:
         return False
 
 
+def is_genai(path: str | Path) -> bool:
+    """A folder onnxruntime-genai's model builder wrote: genai_config.json beside its graph."""
+    folder = Path(path).expanduser()
+    return not is_converted(folder) and (folder / "genai_config.json").is_file()
+
+
+def is_foreign(path: str | Path) -> bool:
+    """A peer's folder that edgegen runs as it is (mlx-lm, onnxruntime-genai)."""
+    return is_mlx_lm(path) or is_genai(path)
+
+
 def read_manifest(folder: str | Path):
-    """The manifest of a converted folder, or one made for an mlx-lm folder."""
+    """The manifest of a converted folder, or one made for an mlx-lm or onnxruntime-genai folder."""
     from edgegen.core.manifest import Manifest
 
     if is_mlx_lm(folder):
         return mlx_lm_manifest(Path(folder).expanduser())
+    if is_genai(folder):
+        return genai_manifest(Path(folder).expanduser())
     return Manifest.read(folder)
+
+
+def _cached_foreign(model: str) -> Path | None:
+    """The snapshot folder of hub id `model` when it is an mlx-lm model (fetched, or from the
+    Hugging Face cache offline); None for anything else."""
+    if Path(model).expanduser().exists() or model.count("/") != 1 or model in bundled_models():
+        return None
+    from huggingface_hub import snapshot_download
+
+    from edgegen.converters.hub import ALLOW_PATTERNS, resolve
+    from edgegen.core.errors import ConversionError
+
+    try:  # the cache only: no network call on every load of a model converted before
+        folder = Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS, local_files_only=True))
+    except Exception:  # not cached (or not a repo id): huggingface_hub's own error types
+        if not model.startswith("mlx-community/"):
+            return None
+        try:
+            folder = resolve(model).folder
+        except ConversionError:
+            return None
+    return folder if is_mlx_lm(folder) else None
+
+
+def genai_manifest(folder: Path):
+    """What edgegen needs to run an onnxruntime-genai folder, read from its genai_config.json."""
+    from edgegen.core.manifest import Manifest, Quantization
+    from edgegen.tokenizer import Tokenizer
+
+    try:
+        genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        model = genai["model"]
+        context = int(model.get("context_length") or genai["search"]["max_length"])
+        kind, vocab = str(model["type"]), int(model["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{folder / 'genai_config.json'} cannot be read ({exc}); is it onnxruntime-genai's?") from None
+    tokenizer = Tokenizer(folder)
+    return Manifest(
+        family="ar", architecture=kind, runtime="onnx", dtype="fp32", quantization=Quantization(),
+        context_length=context, vocab_size=vocab,
+        special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
+        source={"path": str(folder), "layout": "onnxruntime-genai"}, config=genai,
+        files={"model": model["decoder"]["filename"]})
 
 
 def mlx_lm_manifest(folder: Path):
@@ -132,11 +188,15 @@ def locate(model: str | None, runtime: str | None = None, quant: str = "none") -
     """The converted folder for `model`, converting it (with `quant` weights) into the cache on
     first use, and again when the cached copy was written by an older edgegen."""
     model = model or DEFAULT_MODEL
-    if (is_converted(model) or is_mlx_lm(model)) and quant == "none":
+    if (is_converted(model) or is_foreign(model)) and quant == "none":
         return Path(model).expanduser()
-    if is_mlx_lm(model):
-        raise ConfigError(f"{model} is an mlx-lm folder, which edgegen runs as it is; a q4/q8 copy of it needs "
-                          "the original checkpoint (a draft: use prompt-lookup or another model)")
+    if is_foreign(model):
+        raise ConfigError(f"{model} is an {'mlx-lm' if is_mlx_lm(model) else 'onnxruntime-genai'} folder, which "
+                          "edgegen runs as it is; a q4/q8 copy of it needs the original checkpoint (a draft: use "
+                          "prompt-lookup or another model)")
+    hub = _cached_foreign(model)  # a hub id of an mlx-lm model (mlx-community's): run as it is
+    if hub is not None and quant == "none":
+        return hub
     runtime = runtime or default_runtime()
     src = source_path(model)
     if src == model and model == DEFAULT_MODEL and not Path(model).exists():

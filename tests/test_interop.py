@@ -135,3 +135,74 @@ def test_mlx_lm_folders_from_the_command_line(mlx_lm_folders):
     assert refused.exit_code == 2 and "mlx-lm folder" in refused.output and "download" not in refused.output
     draft = runner.invoke(main, ["generate", folder, "-p", "hi", "--max-tokens", "3", "--draft", "q4"])
     assert draft.exit_code == 2 and "original checkpoint" in draft.output
+
+
+@pytest.fixture(scope="module")
+def genai_folders(tmp_path_factory):
+    """onnxruntime-genai's model builder run on the bundled chat model, fp32 and int4, for the CPU."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
+    import subprocess
+    import sys
+
+    from edgegen.models import BUNDLED
+
+    made = {}
+    for precision in ("fp32", "int4"):
+        out = tmp_path_factory.mktemp("genai") / precision
+        done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(BUNDLED / "tiny-chat"),
+                               "-i", str(BUNDLED / "tiny-chat"), "-o", str(out), "-p", precision, "-e", "cpu",
+                               "-c", str(out.parent / "cache")], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        made[precision] = out
+    return made
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_edgegen_runs_a_genai_builder_folder_as_genai_does(precision, genai_folders):
+    from edgegen.core.errors import CapabilityError
+
+    folder = genai_folders[precision]
+    model = edgegen.load(folder)
+    assert model.manifest.source["layout"] == "onnxruntime-genai"
+    ids = model.tokenizer.encode("The json module in Python")
+    ours = model.generate(ids, max_tokens=16, ignore_eos=True).token_ids
+    assert ours == genai_greedy(folder, ids, 16)
+    for draft in ("prompt-lookup", "tiny-draft"):
+        spec = model.generate(ids, max_tokens=16, ignore_eos=True, draft=draft, num_draft=3)
+        assert spec.token_ids == ours and spec.stats.strategy == "speculative"
+    with pytest.raises(CapabilityError, match="kv-bits"):
+        model.generate(ids, max_tokens=2, kv_bits=8)
+    with pytest.raises(CapabilityError, match="embeddings"):
+        model.complete("The json", drafts=2)
+
+
+def test_genai_folders_from_the_command_line(genai_folders):
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    runner = CliRunner()
+    folder = str(genai_folders["int4"])
+    assert runner.invoke(main, ["info", folder]).exit_code == 0
+    out = runner.invoke(main, ["chat", folder], input="hi\n/quit\n")
+    assert out.exit_code == 0, out.output
+    refused = runner.invoke(main, ["convert", folder, "-o", str(genai_folders["int4"].parent / "again")])
+    assert refused.exit_code == 2 and "onnxruntime-genai folder" in refused.output
+
+
+def test_an_mlx_community_hub_id_runs_from_the_cache(mlx_lm_folders, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants as constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--mlx-community--tiny-chat-4bit"
+    shutil.copytree(mlx_lm_folders["q4"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = edgegen.load("mlx-community/tiny-chat-4bit")
+    assert model.manifest.source["layout"] == "mlx-lm" and model.manifest.quantization.method == "q4"
+    assert model.generate("hi", max_tokens=3, ignore_eos=True).stats.generated_tokens == 3

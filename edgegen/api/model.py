@@ -63,10 +63,14 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
         from edgegen.images import load_image_model
 
         return load_image_model(folder, manifest, provider, device=device, threads=threads)
-    if manifest.runtime == "onnx" and manifest.target == "npu":
+    if manifest.source.get("layout") == "onnxruntime-genai":
+        from edgegen.runtimes.onnx.genai import GenaiLanguageModel
+
+        backend: LanguageModel = GenaiLanguageModel(folder, manifest.config, provider, threads)
+    elif manifest.runtime == "onnx" and manifest.target == "npu":
         from edgegen.runtimes.onnx.npu import NpuLanguageModel
 
-        backend: LanguageModel = NpuLanguageModel(folder, manifest, provider, threads)
+        backend = NpuLanguageModel(folder, manifest, provider, threads)
     elif manifest.runtime == "onnx":
         from edgegen.runtimes.onnx.backend import OnnxLanguageModel
 

@@ -46,10 +46,10 @@ def info(model: str | None, provider: str | None) -> None:
     """Describe MODEL: a converted folder, or a model that other commands take (a bundled name, a
     Hugging Face checkpoint), converted into the cache first as they would (default: tiny-chat)."""
     from edgegen.core.manifest import Manifest
-    from edgegen.models import is_converted, is_mlx_lm, locate, read_manifest
+    from edgegen.models import is_converted, is_foreign, locate, read_manifest
 
     folder = Path(model).expanduser() if model else None
-    if folder is not None and is_mlx_lm(folder):
+    if folder is not None and is_foreign(folder):
         manifest = read_manifest(folder)
     elif folder is not None and (is_converted(model) or folder.is_dir() and not (folder / "config.json").is_file()):
         manifest = Manifest.read(folder)  # converted, or a folder edgegen can neither read nor convert

@@ -62,6 +62,9 @@ class Checkpoint:
 
 def open_checkpoint(folder: Path) -> Checkpoint:
     config_path = folder / "config.json"
+    if (folder / "genai_config.json").is_file() and not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"{folder} is an onnxruntime-genai folder: edgegen runs it as it is (edgegen generate/chat/"
+                          "serve DIR); to convert, start from the original checkpoint")
     if not config_path.is_file():
         raise ConfigError(f"{folder} has no config.json; point at a Hugging Face model folder or repo id")
     try:
