@@ -159,3 +159,17 @@ def render(results: dict[str, dict], meta: dict, baseline: str) -> str:
     parts = [console_table(table), noise_warnings(results),
              "Markdown:\n\n" + markdown_table(table) + "\n\n" + legend(baseline, ref, meta)]
     return "\n\n".join(p for p in parts if p)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), for the header every benchmark prints."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

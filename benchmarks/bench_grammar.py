@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _checkpoint import CACHE_ROOT, QWEN2_SPLIT, SPECIAL_TOKENS
 from _common import log
-from _report import plain_table
+from _report import cpu_name, plain_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = ROOT / "edgegen" / "_bundled" / "tiny-chat" / "tokenizer.json"
@@ -83,11 +83,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 # ------------------------------------------------------------------ the 151,936-entry vocabulary

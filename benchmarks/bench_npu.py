@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _report import plain_table
+from _report import cpu_name, plain_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,11 +39,6 @@ PRECISIONS = ("fp32", "fp16", "w8a16")
 QUANT = {"fp32": "none", "fp16": "fp16", "w8a16": "w8a16"}
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def source_of(name: str) -> str:

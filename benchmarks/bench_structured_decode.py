@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _report import plain_table
+from _report import cpu_name, plain_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,11 +46,6 @@ CONSTRAINTS = {"none": {}, "JSON schema": {"json_schema": SCHEMA},
                "forced tool call": {"tools": TOOLS, "tool_choice": "required"}}
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def measure(model, kwargs: dict, runs: int) -> dict:

@@ -104,3 +104,23 @@ def converted(checkpoints, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def npu_bundles(tmp_path_factory):
+    """(bundled model name, *convert flags) -> its NPU bundle (`--target npu`), converted once."""
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    made: dict[tuple, Path] = {}
+
+    def get(name: str, *flags: str) -> Path:
+        if (name, flags) not in made:
+            out = tmp_path_factory.mktemp("npu") / name
+            result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--target", "npu", *flags])
+            assert result.exit_code == 0, result.output
+            made[name, flags] = out
+        return made[name, flags]
+
+    return get

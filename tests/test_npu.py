@@ -25,20 +25,9 @@ ASK = [{"role": "user", "content": "What is a list?"}]
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """Bundled model name -> its NPU bundle (converted once)."""
-    made = {}
-
-    def get(name: str, *extra: str):
-        if (name, extra) not in made:
-            out = tmp_path_factory.mktemp("npu") / name
-            result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--target", "npu",
-                                               "--context", "256", *(extra or ("--quant", "none"))])
-            assert result.exit_code == 0, result.output
-            made[name, extra] = out
-        return made[name, extra]
-
-    return get
+def bundles(npu_bundles):
+    """Bundled model name -> its NPU bundle over 256 slots (fp32 unless flags say otherwise)."""
+    return lambda name, *flags: npu_bundles(name, "--context", "256", *(flags or ("--quant", "none")))
 
 
 def standard_ops_only(folder) -> set[str]:

@@ -18,19 +18,9 @@ ASK = [{"role": "user", "content": "What is a list?"}]
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    made = {}
-
-    def get(name: str, *extra: str):
-        if (name, extra) not in made:
-            out = tmp_path_factory.mktemp("qnn") / name
-            result = CliRunner().invoke(main, ["convert", name, "-o", str(out), "--target", "npu",
-                                               "--context", "128", *extra])
-            assert result.exit_code == 0, result.output
-            made[name, extra] = out
-        return made[name, extra]
-
-    return get
+def bundles(npu_bundles):
+    """Bundled model name -> its NPU bundle over 128 slots (fp16 unless flags say otherwise)."""
+    return lambda name, *flags: npu_bundles(name, "--context", "128", *flags)
 
 
 @pytest.mark.parametrize("name", ["tiny-chat", "tiny-draft", "tiny-chat-bd"])
