@@ -141,7 +141,7 @@ def main() -> None:
         proc.wait(timeout=60)
     report(args, {k: statistics.median(v) for k, v in runs.items()})
     cost = pipeline_cost(args.model, args.runtime)
-    print(f"\nthe server alone (no model; client in the same process): "
+    print("\nthe server alone (no model; client in the same process): "
           + ", ".join(f"{k} {v:.0f} µs/token" for k, v in cost.items()))
 
 

@@ -49,14 +49,26 @@ class Generation:
 
 
 def load(model: str | Path, provider: str | None = None, *, device: str | None = None,
-         threads: int | None = None, runtime: str | None = None, quant: str = "none", _draft: bool = False) -> Any:
+         threads: int | None = None, runtime: str | None = None, quant: str = "none",
+         parallel: str | None = None, _draft: bool = False) -> Any:
     """Load a converted folder, or a bundled name / Hugging Face folder / hub repo id (converted
     once into edgegen's cache for `runtime`): a `Model` for language models, an
     `edgegen.images.ImageModel` for the `var` family (`quant`: q8/q4 weights for such a conversion).
     `provider` picks the ONNX Runtime execution provider
-    (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto)."""
-    from edgegen.models import locate, read_manifest
+    (cpu, coreml, qnn, dml, cuda, auto); `device` the MLX device (gpu, cpu, auto).
 
+    Under `mlx.launch` with several ranks the MLX model is sharded over them (`parallel`: "tensor",
+    the default, or "pipeline"); rank 0 gets the Model, the other ranks serve it from inside this
+    call until rank 0 exits, then exit."""
+    from edgegen.models import locate, read_manifest
+    from edgegen.runtimes.mlx import distributed
+
+    group = None if _draft else distributed.group()
+    if group is not None:
+        return _load_distributed(group, str(model), provider, device, runtime, quant, parallel)
+    if parallel not in (None, "tensor"):
+        raise ConfigError(f"--{parallel} splits a model over the ranks of a distributed group; run under "
+                          f"mlx.launch, e.g. `mlx.launch -n 2 -- edgegen chat MODEL --runtime mlx --{parallel}`")
     folder = locate(str(model), runtime, quant)
     manifest = read_manifest(folder)
     if manifest.family == "var":
@@ -88,6 +100,35 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     model = Model(backend, Tokenizer(folder), manifest, folder)
     model.load_options = {"provider": provider, "device": device, "threads": threads}
     return model
+
+
+def _load_distributed(group, model: str, provider: str | None, device: str | None, runtime: str | None,
+                      quant: str, parallel: str | None) -> "Model":
+    """Rank 0: the Model over the sharded backend. Other ranks: serve rank 0, then exit."""
+    from edgegen.runtimes.mlx import distributed
+
+    if provider is not None or runtime == "onnx":
+        raise ConfigError("ONNX Runtime has no distributed engine; under mlx.launch edgegen shards MLX models "
+                          "only: drop --provider and use --runtime mlx (or run without mlx.launch)")
+    if group.rank() != 0:
+        distributed.follow(_distributed_source)  # loads what rank 0 loads; never returns
+    spec = {"model": model, "runtime": runtime or "mlx", "quant": quant}
+    folder, manifest = _distributed_source(spec)  # rank 0 converts first: the others find it converted
+    backend = distributed.load(folder, manifest, device, parallel or "tensor", spec)
+    loaded = Model(backend, Tokenizer(folder), manifest, folder)
+    loaded.load_options = {"provider": None, "device": device, "threads": None}
+    return loaded
+
+
+def _distributed_source(spec: dict) -> tuple[Path, Manifest]:
+    from edgegen.models import locate, read_manifest
+
+    folder = locate(spec["model"], spec["runtime"], spec["quant"])
+    manifest = read_manifest(folder)
+    if manifest.runtime != "mlx" or manifest.family not in ("ar", "dllm"):
+        raise ConfigError(f"{folder} is {'a VAR image model' if manifest.family == 'var' else 'an ONNX model'}; "
+                          "under mlx.launch edgegen shards MLX language models: convert with --runtime mlx")
+    return folder, manifest
 
 
 def peak_rss_mb() -> float:
@@ -251,6 +292,8 @@ class Model:
     def _record_peak(self, stats: GenerationStats) -> None:
         """The process's peak RSS, or the accelerator's peak where the runtime reports one (Metal)."""
         stats.peak_memory_mb = max(peak_rss_mb(), getattr(self.backend, "peak_memory_mb", lambda: 0.0)())
+        if hasattr(self.backend, "info"):  # sharded over a group: every rank's figures
+            stats.distributed = self.backend.info()
 
     def _sampler(self, ids: list[int], options: GenerateOptions) -> Sampler:
         """The sampler of one generation: its settings, the output constraint, log-probabilities."""

@@ -12,10 +12,18 @@ import click
 from edgegen.core.errors import EdgegenError
 
 
-def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, then exit: what is wrong and what to do, never a traceback."""
-    click.echo(f"edgegen: error: {' '.join(message.split())}", err=True)
+def fail(message: str, code: int = 2, quiet: bool = False) -> None:
+    """One line on stderr, then exit: what is wrong and what to do, never a traceback. `quiet`:
+    no line (a follower rank of a distributed run, where rank 0 says the same)."""
+    if not quiet:
+        click.echo(f"edgegen: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
+
+
+def _follower() -> bool:
+    from edgegen.runtimes.mlx.distributed import is_follower
+
+    return is_follower()
 
 
 def _exit_cleanly_on_sigterm() -> None:
@@ -40,7 +48,9 @@ class Group(click.Group):
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
         except EdgegenError as exc:
-            fail(str(exc), exc.exit_code)
+            from edgegen.runtimes.mlx.distributed import DistributedError
+
+            fail(str(exc), exc.exit_code, quiet=_follower() and not isinstance(exc, DistributedError))
         except MemoryError:  # what no estimate caught: still one line, and every `finally` has run
             from edgegen.core.memory import out_of_memory_message
 

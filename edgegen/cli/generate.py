@@ -53,13 +53,15 @@ def decoding_options(func: Callable) -> Callable:
         click.option("--device", default=None, help="MLX device: gpu (Metal), cpu, auto."),
         click.option("--runtime", type=click.Choice(["onnx", "mlx"]), default=None,
                      help="Runtime to convert to when MODEL is not converted yet."),
+        click.option("--pipeline", is_flag=True,
+                     help="Under mlx.launch: pipeline parallel (each rank a run of layers) instead of tensor parallel."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-RUNTIME_FLAGS = ("provider", "device", "runtime")
+RUNTIME_FLAGS = ("provider", "device", "runtime", "pipeline")
 
 
 def output_options(func: Callable) -> Callable:
@@ -132,7 +134,8 @@ FLAG_NAMES = {"temperature": "--temp"}  # fields whose flag is not the field's o
 
 
 def load_model(model: str | None, flags: dict[str, Any]):
-    return load_text_model(model, flags["provider"], device=flags["device"], runtime=flags["runtime"])
+    return load_text_model(model, flags["provider"], device=flags["device"], runtime=flags["runtime"],
+                           parallel="pipeline" if flags.get("pipeline") else None)
 
 
 def load_text_model(model: str | None, provider: str | None = None, **kwargs):

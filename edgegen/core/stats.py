@@ -46,6 +46,7 @@ class GenerationStats:
     strategy: str = "autoregressive"
     logprobs: list[TokenLogprob] = dataclasses.field(default_factory=list)  # one per generated token, if asked
     tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)  # the calls the reply made, if any
+    distributed: dict | None = None  # under mlx.launch: size, mode and each rank's share and peak memory
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -80,6 +81,8 @@ class GenerationStats:
         }
         if self.drafted or self.strategy == "speculative":
             out.update(acceptance_rate=round(self.acceptance_rate, 4), draft_length=round(self.draft_length, 2))
+        if self.distributed is not None:
+            out["distributed"] = self.distributed
         return out
 
     def lines(self) -> list[str]:
@@ -92,4 +95,8 @@ class GenerationStats:
                 extra += f", acceptance {self.acceptance_rate:.0%}, mean draft length {self.draft_length:.1f}"
             out.append(extra)
         out.append(f"Peak memory: {self.peak_memory_mb / 1024:.3f} GB")
+        if self.distributed is not None:
+            d = self.distributed
+            peaks = " / ".join(f"{r['peak_memory_mb'] / 1024:.3f}" for r in d["ranks"])
+            out.append(f"Distributed: {d['size']} ranks, {d['mode']} parallel; peak memory per rank {peaks} GB")
         return out

@@ -80,6 +80,10 @@ def norm(c: DecoderConfig) -> nn.Module:
 
 
 class DecoderLayer(nn.Module):
+    # Tensor parallelism (runtimes/mlx/distributed.py) sets an all-sum over the group here: this
+    # rank's attention and MLP hold a share of the heads and columns, their outputs are partial sums.
+    reduce = None
+
     def __init__(self, c: DecoderConfig, index: int):
         super().__init__()
         self.self_attn = Attention(c, index)
@@ -88,8 +92,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = norm(c)
 
     def __call__(self, x: mx.array, cache, step: Step) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), cache, step)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        if self.reduce is None:
+            x = x + self.self_attn(self.input_layernorm(x), cache, step)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.reduce(self.self_attn(self.input_layernorm(x), cache, step))
+        return x + self.reduce(self.mlp(self.post_attention_layernorm(x)))
 
 
 class DecoderBody(nn.Module):
@@ -120,11 +127,18 @@ class DecoderModel(nn.Module):
         """Logits (B, rows, vocab) for token ids (B, L_ids) followed by `embeddings` (B, L_e, hidden);
         `rows` = [start, end) of the inputs (None: all). The cache is written but not advanced: the
         caller commits (or not)."""
+        h = self.model(self.inputs(tokens, embeddings), cache, step)
+        return self.head(h, rows)
+
+    def inputs(self, tokens: mx.array, embeddings: mx.array | None) -> mx.array:
+        """(B, L, hidden): the embedded token ids followed by `embeddings`."""
         parts = [self.model.embed_tokens(tokens)] if tokens.shape[1] else []  # (B, L_ids, hidden)
         if embeddings is not None:
             parts.append(embeddings.astype(self.model.norm.weight.dtype))
-        x = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
-        h = self.model(x, cache, step)
+        return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
+
+    def head(self, h: mx.array, rows: tuple[int, int] | None) -> mx.array:
+        """Logits (B, rows, vocab) of the final (normalised) hidden states `h`."""
         if rows is not None:
             h = h[:, rows[0]:rows[1]]
         if self.config.tie_word_embeddings:
