@@ -24,8 +24,16 @@ DRIVER = Path(__file__).with_name("distributed_driver.py")
 TIMEOUT = 240  # seconds for one launch, as a bound: a hang fails the test instead of the suite
 
 
+def fresh_port() -> list[str]:
+    """A starting port of its own for each launch: back-to-back launches on the ring's default
+    ports can meet the last one's sockets still closing."""
+    import random
+
+    return ["--starting-port", str(random.randrange(20000, 60000, 16))]
+
+
 def launch(*args: str, timeout: float = TIMEOUT, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [LAUNCH, "--backend", "ring", "-n", "2", "--", sys.executable, *args]
+    command = [LAUNCH, "--backend", "ring", "-n", "2", *fresh_port(), "--", sys.executable, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "EDGEGEN_DISTRIBUTED_TIMEOUT": "20", **(env or {})})
 
@@ -110,8 +118,9 @@ def rank_pid(marker: str, rank: int) -> int:
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_killed_rank_ends_the_run_on_the_other_with_one_line(victim, tmp_path):
     """SIGKILL one rank of `edgegen generate` mid-generation: the other ends within the timeout, one line."""
-    command = [LAUNCH, "--backend", "ring", "-n", "2", "--", sys.executable, "-m", "edgegen", "generate", "tiny-chat",
-               "--runtime", "mlx", "-p", "What is a generator?", "--ignore-eos", "--max-tokens", "1000000"]
+    command = [LAUNCH, "--backend", "ring", "-n", "2", *fresh_port(), "--", sys.executable, "-m", "edgegen",
+               "generate", "tiny-chat", "--runtime", "mlx", "-p", "What is a generator?", "--ignore-eos",
+               "--max-tokens", "1000000"]
     env = {**os.environ, "EDGEGEN_DISTRIBUTED_TIMEOUT": "20", "PYTHONUNBUFFERED": "1",
            "EDGEGEN_TEST_MARK": str(tmp_path)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -142,8 +151,8 @@ def test_an_idle_rank_0_keeps_the_others_waiting(tmp_path):
 def test_serve_on_two_ranks_and_ctrl_c_on_rank_0_stops_all(loopback, tmp_path):
     import httpx
 
-    command = [LAUNCH, "--backend", "ring", "-n", "2", "--", sys.executable, "-m", "edgegen", "serve", "tiny-chat",
-               "--runtime", "mlx", "--port", "0", "--log-level", "warning"]
+    command = [LAUNCH, "--backend", "ring", "-n", "2", *fresh_port(), "--", sys.executable, "-m", "edgegen",
+               "serve", "tiny-chat", "--runtime", "mlx", "--port", "0", "--log-level", "warning"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGEGEN_DISTRIBUTED_TIMEOUT": "20",
            "EDGEGEN_TEST_MARK": str(tmp_path)}
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True) as proc:

@@ -18,9 +18,10 @@ one at a time, so its peak is its share plus one tensor.
 
 Failures end the run everywhere with one line and no hang: a rank that stops or a connection that
 drops makes every collective fail at once (mlx.distributed raises), and a watchdog bounds the rest:
-a collective or command that takes longer than EDGEGEN_DISTRIBUTED_TIMEOUT seconds (default 120),
-or a follower that hears nothing from rank 0 for that long (rank 0 sends a heartbeat when idle),
-ends the process. Followers ignore Ctrl-C; rank 0's Ctrl-C ends its run and, at exit, theirs.
+a command or forward pass that takes longer than EDGEGEN_DISTRIBUTED_TIMEOUT seconds (default
+120), or a follower that hears nothing from rank 0 for that long (rank 0 sends a heartbeat when
+idle), ends the process. Loading a model is not watched (a large share may take minutes to read).
+Followers ignore Ctrl-C; rank 0's Ctrl-C ends its run and, at exit, theirs.
 """
 
 from __future__ import annotations
@@ -112,9 +113,16 @@ def _collective(fn):
         mx.eval(out)
         return out
     except RuntimeError as exc:
-        raise DistributedError(f"rank {_group.rank() if _group else 0} lost the other ranks "
-                               f"({' '.join(str(exc).split())[:120]}): a rank stopped or the network "
-                               "dropped; the distributed run ends") from None
+        raise failure(exc) from None
+
+
+def failure(exc: Exception) -> "DistributedError":
+    """The one line for an error raised inside a collective or a sharded forward pass."""
+    rank, text = _group.rank() if _group else 0, " ".join(str(exc).split())[:160]
+    if any(mark in text for mark in ("[ring]", "[mpi]", "[jaccl]", "connection", "peer")):
+        return DistributedError(f"rank {rank} lost the other ranks ({text}): a rank stopped or the network "
+                                "dropped; the distributed run ends")
+    return DistributedError(f"rank {rank} failed ({text}); the distributed run ends")
 
 
 def die(message: str) -> None:
@@ -300,12 +308,11 @@ def load(folder: Path, manifest, device: str | None, mode: str, spec: dict) -> "
     with ch.lock:
         data = np.frombuffer(json.dumps({**spec, "device": device, "mode": mode}).encode(), np.uint8)
         ch.command([LOAD, len(_models)], data.astype(np.float32))
-        ch.busy_since = time.monotonic()
-        try:
-            model = ShardedModel(folder, manifest, device, mode, ch)
-            _barrier(ch)  # every rank has its share
-        finally:
-            ch.busy_since = None
+        # no watchdog while loading: reading a large share from disk may take minutes (a rank that
+        # dies meanwhile still fails the barrier at once)
+        model = ShardedModel(folder, manifest, device, mode, ch)
+        _barrier(ch)  # every rank has its share
+        ch.last = time.monotonic()
     _models.append(model)
     return model
 
@@ -322,15 +329,16 @@ def follow(loader) -> None:
             op = int(head[OP])
             if op == STOP:
                 break
-            ch.busy_since = time.monotonic()
-            if op == LOAD:
+            if op == LOAD:  # unwatched, as on rank 0
                 spec = json.loads(payload.astype(np.uint8).tobytes().decode())
                 folder, manifest = loader(spec)
                 _models.append(ShardedModel(folder, manifest, spec["device"], spec["mode"], ch))
                 _barrier(ch)
+                ch.last = time.monotonic()
             elif op != PING:
+                ch.busy_since = time.monotonic()
                 _models[int(head[MODEL])].serve(op, head, payload)
-            ch.busy_since = None
+                ch.busy_since = None
     except DistributedError as exc:
         die(str(exc))
     except EdgegenError as exc:
@@ -524,8 +532,7 @@ class ShardedModel:
         try:
             mx.eval(out)
         except RuntimeError as exc:
-            raise DistributedError(f"rank {rank} lost the other ranks ({' '.join(str(exc).split())[:120]}); "
-                                   "the distributed run ends") from None
+            raise failure(exc) from None
         if feed.commit:
             cache.advance(feed.length)
         return np.array(out[0].astype(mx.float32)) if rank == 0 else None
