@@ -644,7 +644,11 @@ def load_shard(folder: Path, manifest, plan: Plan):
         source = plan.global_name(name)
         if source not in weights:
             raise ConfigError(f"{folder} has no tensor {source}; convert the model again")
-        part = shard_tensor(plan, source, weights.pop(source))
+        whole = weights.pop(source)
+        part = shard_tensor(plan, source, whole)
+        if part is not whole:  # a slice is a view that would keep the whole tensor alive: copy it out
+            part = mx.contiguous(part)
+        del whole
         if tuple(part.shape) != tuple(param.shape):
             raise ConfigError(f"{source} of {folder} has shape {tuple(part.shape)} where rank {plan.rank} expects "
                               f"{tuple(param.shape)}; convert the model again")
