@@ -91,7 +91,10 @@ def model_card(config: dict, report: dict) -> str:
         heldout=" | ".join(f"{k}: {start[k]:.2f} → {end[k]:.2f}" for k in start),
         ppl_tiny=report["start"]["tiny_chat_causal_ppl"], ppl_ones=report["start"]["adapted_causal_ppl_norms_at_1"],
         ppl_calibrated=report["start"]["adapted_causal_ppl_calibrated"],
-        choice=report.get("block_size_reason", ""),
+        choice=report.get("block_size_reason", ""), certainty=settings.get("certainty", 0),
+        certainty_temperature=settings.get("certainty_temperature", 1.0),
+        flags=" ".join(f"--{k.replace('_', '-')} {settings[k]}" for k in ("threads", "steps", "certainty")
+                       if k in settings) + (" --bf16" if settings.get("bf16") else ""),
     )
 
 
@@ -199,11 +202,19 @@ Recipe: `examples/train_tiny_bd.py` (objective in `examples/tiny_bd_objective.py
    t ~ U(0, 1), each window is also used with the complementary mask so that every token is trained;
    cross-entropy on the masked positions of x_t, no shift. A block size from {{{block_sizes}}} is drawn
    per window, so one checkpoint decodes at all of them.
-4. **Optimisation**: seed {seed}, {steps} steps of AdamW (β 0.9/0.95, weight decay 0.1 on matrices),
+4. **Certainty forcing** (dParallel, arXiv 2509.26488): what that paper found is that
+   a masked-diffusion model commits few tokens per step because its confidence in a token rises
+   only once its neighbours are decoded, and that training on the model's own (here: the
+   autoregressive teacher's) outputs while minimising the entropy of the predictions that are
+   already right makes confidence rise in parallel. We rely on exactly that: the loss adds
+   {certainty} × the mean entropy of softmax(logits / {certainty_temperature}) over the masked
+   positions whose argmax is the target (step 2 supplies the teacher's outputs). Not taken from
+   the paper: its semi-autoregressive masking schedule and its weights (the masking is step 3's).
+5. **Optimisation**: seed {seed}, {steps} steps of AdamW (β 0.9/0.95, weight decay 0.1 on matrices),
    batch {batch} windows (× 2 with the complements), peak learning rate {lr}, 5% warm-up then cosine
    decay to 10%, gradient clipping 1.0, {precision}; {tokens:,} window tokens. Saved in fp16.
 
-Training loss (smoothed, on the masked tokens): {loss_curve}. Distillation took {distill_minutes:.1f} min,
+Training loss (smoothed; cross-entropy on the masked tokens plus the certainty term): {loss_curve}. Distillation took {distill_minutes:.1f} min,
 training {minutes:.1f} min on {threads} CPU threads of a 2-core machine (the whole script
 {total_minutes:.1f} min, distillation included).
 
@@ -212,7 +223,9 @@ Reproduce from the repository root:
 ```sh
 apt-get install -y python3-doc
 python examples/tiny_corpus.py --out /tmp/tiny_corpus
-python examples/train_tiny_bd.py --corpus /tmp/tiny_corpus --out edgegen/_bundled/tiny-chat-bd
+python examples/train_tiny.py --corpus /tmp/tiny_corpus --out /tmp/tiny_base      # tiny-chat, then
+python examples/train_tiny_copy.py --start /tmp/tiny_base --out edgegen/_bundled  # its copy training
+python examples/train_tiny_bd.py --corpus /tmp/tiny_corpus --out edgegen/_bundled/tiny-chat-bd {flags}
 ```
 
 ## Sample chat turns

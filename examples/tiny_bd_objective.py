@@ -114,14 +114,28 @@ def noisy_batch(x0: torch.Tensor, maskable: torch.Tensor, block_sizes: Sequence[
     }
 
 
-def masked_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the masked positions of x_t and x_t'; the LM head runs on those rows only."""
+def masked_loss(model, batch: dict[str, torch.Tensor], certainty: float = 0.0,
+                temperature: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy over the masked positions of x_t and x_t'; the LM head runs on those rows only.
+
+    With `certainty` > 0, plus that weight times the certainty-forcing term of dParallel
+    (arXiv 2509.26488): the mean entropy of softmax(logits / temperature) over the masked positions
+    the model already predicts correctly (argmax = label). Cross-entropy keeps the predictions on
+    the teacher's tokens; the entropy term makes the right ones confident early, with many
+    neighbours still masked, which is what lets a threshold commit several tokens per forward."""
     hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          position_ids=batch["position_ids"]).last_hidden_state  # (N, 3L, H)
     labels = batch["labels"]
     rows = hidden[:, : labels.shape[1]][labels != -100]  # (masked, H)
     logits = model.lm_head(rows).float()  # (masked, V)
-    return torch.nn.functional.cross_entropy(logits, labels[labels != -100])
+    targets = labels[labels != -100]
+    loss = torch.nn.functional.cross_entropy(logits, targets)
+    if certainty > 0:
+        right = logits.argmax(-1) == targets
+        if right.any():
+            log_p = torch.log_softmax(logits[right] / temperature, -1)
+            loss = loss + certainty * -(log_p.exp() * log_p).sum(-1).mean()
+    return loss
 
 
 @torch.no_grad()

@@ -101,8 +101,10 @@ def corpus_packages() -> str:
     return ", ".join(result.stdout.split("\n")[:-1]) or "python3-doc (version unknown)"
 
 
-def evaluate_and_document(out: Path, windows: torch.Tensor, stats: dict, settings: dict) -> dict:
-    """Evaluate both saved folders, write their README.md model cards, return the report."""
+def evaluate_and_document(out: Path, windows: torch.Tensor, stats: dict, settings: dict,
+                          extra: dict[str, str] | None = None) -> dict:
+    """Evaluate both saved folders, write their README.md model cards, return the report.
+    `extra`: a card section per model, put before its sample turns."""
     models, tokenizers = {}, {}
     for name in (TARGET, DRAFT):
         models[name], tokenizers[name] = load_checkpoint(out / name)
@@ -119,7 +121,7 @@ def evaluate_and_document(out: Path, windows: torch.Tensor, stats: dict, setting
         size = sum(f.stat().st_size for f in (out / name).iterdir())
         report["models"][name]["folder_bytes"] = size
     for name in (TARGET, DRAFT):
-        (out / name / "README.md").write_text(model_card(name, report))
+        (out / name / "README.md").write_text(model_card(name, report, (extra or {}).get(name, "")))
     return report
 
 
@@ -212,7 +214,7 @@ python examples/tiny_corpus.py --out /tmp/tiny_corpus
 python examples/train_tiny.py --corpus /tmp/tiny_corpus --out edgegen/_bundled
 ```
 
-## Sample chat turns
+{extra}## Sample chat turns
 
 Greedy decoding through the chat template, at most {max_new_tokens} new tokens, stopping at
 `<|im_end|>`; verbatim.
@@ -221,7 +223,7 @@ Greedy decoding through the chat template, at most {max_new_tokens} new tokens, 
 """
 
 
-def model_card(name: str, report: dict) -> str:
+def model_card(name: str, report: dict, extra: str = "") -> str:
     """The README.md of one bundled folder."""
     entry, heldout, settings = report["models"][name], report["heldout"], report["settings"]
     architecture = "\n".join(f"| {key} | {value} |" for key, value in entry["architecture"].items())
@@ -237,5 +239,5 @@ def model_card(name: str, report: dict) -> str:
         packages=report["corpus"], code_lines=tiny_corpus.MAX_CODE_LINES, seed=settings["seed"],
         steps=entry["steps"], peak_lr=entry["peak_lr"], batch=settings["batch"],
         seq_len=settings["seq_len"], bf16=settings["bf16"], max_new_tokens=MAX_NEW_TOKENS,
-        samples=samples,
+        samples=samples, extra=extra + "\n" if extra else "",
     )

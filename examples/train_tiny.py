@@ -96,6 +96,11 @@ def encode_records(path: Path, tokenizer: LlamaTokenizer, seed: int | None) -> l
     records = [json.loads(line) for line in open(path)]
     if seed is not None:
         random.Random(seed).shuffle(records)
+    return encode_list(records, tokenizer)
+
+
+def encode_list(records: list[dict], tokenizer: LlamaTokenizer) -> list[int]:
+    """The token stream of `records` in their order (see encode_records)."""
     texts = [record["text"] for record in records]
     encoded = tokenizer(texts, add_special_tokens=False, verbose=False).input_ids
     stream = []
@@ -155,13 +160,24 @@ def next_token_loss(model: LlamaForCausalLM, batch: torch.Tensor) -> torch.Tenso
 
 
 def train(model: LlamaForCausalLM, windows: torch.Tensor, args: argparse.Namespace,
-          steps: int, peak_lr: float) -> dict[str, float]:
-    """Train in place; return tokens seen, wall time and the final smoothed loss."""
+          steps: int, peak_lr: float, resume: Path | None = None, probe=None) -> dict[str, float]:
+    """Train in place; return tokens seen, wall time and the final smoothed loss.
+
+    With `resume`, the model, optimizer and step are saved there every `args.checkpoint_every`
+    steps and picked up from there by a later run with the same settings (the batch order is a
+    function of the seed, so a resumed run sees the same batches)."""
     optimizer = make_optimizer(model, peak_lr)
     order = batch_order(len(windows), steps, args.batch, args.seed)
+    first, smoothed, spent = 0, None, 0.0
+    if resume is not None and resume.is_file():
+        state = torch.load(resume, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        first, smoothed, spent = state["step"], state["smoothed"], state["seconds"]
+        print(f"resumed at step {first} from {resume}", flush=True)
     model.train()
-    start, smoothed = time.time(), None
-    for step in range(steps):
+    start = time.time() - spent
+    for step in range(first, steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, peak_lr, warmup=max(1, steps // 20))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -172,8 +188,16 @@ def train(model: LlamaForCausalLM, windows: torch.Tensor, args: argparse.Namespa
         optimizer.zero_grad(set_to_none=True)
         smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
         if step % args.log_every == 0 or step == steps - 1:
-            rate = (step + 1) * args.batch * args.seq_len / (time.time() - start)
+            rate = (step + 1 - first) * args.batch * args.seq_len / (time.time() - start - spent)
             print(f"step {step + 1}/{steps} loss {smoothed:.3f} {rate:.0f} tok/s", flush=True)
+        if probe is not None and (step + 1) % getattr(args, "probe_every", 50) == 0:
+            print(f"  probe at step {step + 1}: {probe(model)}", flush=True)  # (a resumed run logs from there on)
+            model.train()
+        every = getattr(args, "checkpoint_every", 0)
+        if resume is not None and every and (step + 1) % every == 0 and step + 1 < steps:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1,
+                        "smoothed": smoothed, "seconds": time.time() - start}, resume.with_suffix(".tmp"))
+            resume.with_suffix(".tmp").replace(resume)
     model.eval()
     return {"tokens_seen": steps * args.batch * args.seq_len,
             "train_seconds": round(time.time() - start, 1), "final_train_loss": round(smoothed, 4)}

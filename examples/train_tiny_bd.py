@@ -141,14 +141,24 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
     optimizer = make_optimizer(model, args.lr)
     order = batch_order(len(windows), args.steps, args.batch, args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    start, smoothed, curve = time.time(), None, []
+    first, smoothed, curve, spent = 0, None, [], 0.0
+    unkeyed = ("threads", "report", "card", "log_every", "checkpoint_every", "out")  # a resumed run may change these
+    key = json.dumps({k: str(v) for k, v in vars(args).items() if k not in unkeyed}, sort_keys=True)
+    state = torch.load(args.checkpoint, weights_only=True) if args.checkpoint and args.checkpoint.is_file() else None
+    if state is not None and state.get("key") == key:  # resume: same settings, same batches and masks from here
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        first, smoothed, curve, spent = state["step"], state["smoothed"], state["curve"], state["seconds"]
+        print(f"resumed at step {first} from {args.checkpoint}", flush=True)
+    start = time.time() - spent
     model.train()
-    for step in range(args.steps):
+    for step in range(first, args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, warmup=max(1, args.steps // 20))
         batch = objective.noisy_batch(windows[order[step]], maskable[order[step]], BLOCK_SIZES, mask_id, generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = objective.masked_loss(model, batch)
+            loss = objective.masked_loss(model, batch, args.certainty, args.certainty_temperature)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -162,6 +172,13 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
             curve[-1]["heldout"] = objective.heldout_losses(model, heldout, mask_id, BLOCK_SIZES, args.seed)
             print("  held out:", curve[-1]["heldout"], flush=True)
             model.train()
+        if args.checkpoint and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 \
+                and step + 1 < args.steps:
+            tmp = args.checkpoint.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(), "step": step + 1, "smoothed": smoothed,
+                        "curve": curve, "seconds": time.time() - start, "key": key}, tmp)
+            tmp.replace(args.checkpoint)
     model.eval()
     return {"steps": args.steps, "train_seconds": round(time.time() - start, 1),
             "final_train_loss": round(smoothed, 4), "curve": curve}
@@ -214,6 +231,12 @@ def parse_args() -> argparse.Namespace:
                         help="chat questions answered by tiny-chat (greedy) to train on instead of the "
                              "corpus's answers; 0 keeps the corpus's chat records")
     parser.add_argument("--distill-cache", type=Path, default=Path("/tmp/tiny_bd_distill.jsonl"))
+    parser.add_argument("--certainty", type=float, default=1.0,
+                        help="weight of dParallel's certainty-forcing entropy term (0: plain masked cross-entropy)")
+    parser.add_argument("--certainty-temperature", type=float, default=1.0)
+    parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/tiny_bd_train.pt"),
+                        help="saved every --checkpoint-every steps; a re-run with the same settings resumes")
+    parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--eval-every", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=20)

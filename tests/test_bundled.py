@@ -53,6 +53,23 @@ def test_fp32_logits_match_transformers_on_trained_weights(name, runtime, bundle
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
+def test_tiny_chat_copies_when_asked_so_prompt_lookup_drafts_several_tokens(bundled_converted):
+    """tiny-chat learnt to copy (examples/train_tiny_copy.py): asked to repeat a held-out paragraph
+    it mostly copies it, and prompt lookup then commits at least two tokens per forward."""
+    passage = ("Python 3.10 adds a new function to the standard library: inspect.get_annotations(). In Python "
+               "versions 3.10 and newer, calling this function is the best practice for accessing the annotations "
+               "dict of any object that supports annotations.")
+    model = edgegen.load(bundled_converted("tiny-chat", "onnx"))
+    messages = [{"role": "user", "content": f"Rewrite this passage without changing it:\n\n{passage}"}]
+    plain = model.chat(messages, max_tokens=96)
+    model.reset()
+    lookup = model.chat(messages, max_tokens=96, draft="prompt-lookup")
+    assert lookup.token_ids == plain.token_ids  # lossless
+    words = passage.split()
+    assert sum(w in plain.text.split() for w in words) >= 0.8 * len(words), plain.text
+    assert lookup.stats.tokens_per_forward >= 2.0, lookup.stats.tokens_per_forward
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_tiny_chat_replies_in_words(runtime, bundled_converted):
     model = edgegen.load(bundled_converted("tiny-chat", runtime))

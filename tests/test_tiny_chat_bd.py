@@ -61,3 +61,21 @@ def test_edgegen_generate_runs_the_bundled_name_offline():
     assert result.exit_code == 0, result.output
     timing = json.loads(result.stdout)["timing"]
     assert timing["strategy"] == "block-diffusion" and timing["tokens_per_forward"] > 0.5
+
+
+FLOOR = 1.25
+FLOOR_PROMPTS = ("What does json.dumps do?", "Explain list comprehensions.", "What is a generator?",
+                 "Tell me about the statistics module.", "What is reprlib?", "Explain ssl.")
+
+
+def test_at_the_default_threshold_it_commits_several_tokens_per_forward(converted):
+    """A floor under the distilled model's parallelism (its card gives the measured figure, 1.42
+    on the card's prompts): at τ 0.9, block 8, over a fixed prompt set. Issue 26 asks for a floor
+    of 2.0 once the model reaches its goal of 2.5; this one holds what the shipped weights do."""
+    model = edgegen.load(converted)
+    tokens = forwards = 0
+    for prompt in FLOOR_PROMPTS:
+        model.reset()
+        reply = model.chat([{"role": "user", "content": prompt}], max_tokens=64, block_size=8, threshold=0.9)
+        tokens, forwards = tokens + reply.stats.generated_tokens, forwards + reply.stats.forwards
+    assert tokens / forwards >= FLOOR, (tokens, forwards)
