@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import sys
 import threading
 from pathlib import Path
@@ -18,6 +17,7 @@ from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
+from edgegen.core.memory import peak_rss_mb
 from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeOptions
 from edgegen.core.outputs import atomic_file
 from edgegen.core.protocols import KVSpec, LanguageModel
@@ -129,11 +129,6 @@ def _distributed_source(spec: dict) -> tuple[Path, Manifest]:
         raise ConfigError(f"{folder} is {'a VAR image model' if manifest.family == 'var' else 'an ONNX model'}; "
                           "under mlx.launch edgegen shards MLX language models: convert with --runtime mlx")
     return folder, manifest
-
-
-def peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 class Model:

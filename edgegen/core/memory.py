@@ -17,6 +17,14 @@ from edgegen.core.errors import EdgegenError
 GIB = 2**30
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
 class OutOfMemory(EdgegenError):
     """Work that cannot fit the memory this process may use."""
 

@@ -113,10 +113,7 @@ class MLXLanguageModel:
 
         tokens = mx.array(np.asarray(feed.tokens, dtype=np.int32).reshape(1, -1))
         embeds = None if feed.embeddings is None else mx.array(np.asarray(feed.embeddings, np.float32))[None]
-        positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
-        allowed = feed.attention_mask(cache.length)
-        mask = None if allowed is None else mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
-        step = Step(cache.length, feed.length, positions, mask)
+        step = Step.of(feed, cache.length)
         logits = self.model(tokens, embeds, cache, step, rows=feed.row_range())
         mx.eval(logits)
         if feed.commit:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
-import resource
 import signal
 import sys
 import threading
@@ -41,6 +40,7 @@ import numpy as np
 
 from edgegen.archs._decoder import DecoderConfig
 from edgegen.core.errors import ConfigError, EdgegenError
+from edgegen.core.memory import peak_rss_mb
 from edgegen.core.protocols import Feed, KVSpec
 
 LAUNCH_ENV = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")  # set by mlx.launch (ring, jaccl) or mpirun
@@ -435,7 +435,7 @@ class ShardedModel:
             cache.local.truncate(length)
 
     def peak_memory_mb(self) -> float:
-        return _peak_mb()
+        return peak_rss_mb()
 
     def info(self) -> dict | None:
         """Size, mode, what each rank holds and each rank's peak memory (a collective); None once
@@ -492,7 +492,7 @@ class ShardedModel:
 
     def _gather_stats(self) -> list[dict]:
         row = np.zeros((self.plan.size, 3), np.float32)
-        row[self.plan.rank] = (_peak_mb(), self.parameter_bytes / 2**20, self.channel.sent_bytes / 2**20)
+        row[self.plan.rank] = (peak_rss_mb(), self.parameter_bytes / 2**20, self.channel.sent_bytes / 2**20)
         total = self.channel._sum(row.ravel()).reshape(self.plan.size, 3)
         plans = [plan_for(self.full_config, self.plan.mode, r, self.plan.size) for r in range(self.plan.size)]
         return [{"rank": r, **plans[r].describe(), "peak_memory_mb": round(float(total[r, 0]), 1),
@@ -505,10 +505,7 @@ class ShardedModel:
 
         from edgegen.runtimes.mlx.models._decoder import Step
 
-        positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
-        allowed = feed.attention_mask(cache.length)
-        mask = None if allowed is None else mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
-        step = Step(cache.length, feed.length, positions, mask)
+        step = Step.of(feed, cache.length)
         rank, size = self.plan.rank, self.plan.size
         if self.plan.mode == "tensor":
             x = self.model.inputs(*_inputs(feed))
@@ -670,7 +667,3 @@ def _activation_dtype(model):
     """The float type of the hidden states that pipeline ranks pass on (the norms' type)."""
     return model.model.layers[0].input_layernorm.weight.dtype
 
-
-def _peak_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

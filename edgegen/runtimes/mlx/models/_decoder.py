@@ -55,6 +55,16 @@ class Step:
         self.offset, self.positions = offset, positions
         self.mask = mask if mask is not None else ("causal" if length > 1 else None)  # (L, past + L) additive
 
+    @classmethod
+    def of(cls, feed, past: int) -> "Step":
+        """The step of a `Feed` over a cache holding `past` tokens: its positions and attention mask."""
+        import numpy as np
+
+        positions = None if feed.positions is None else mx.array(np.asarray(feed.positions, np.int32))
+        allowed = feed.attention_mask(past)
+        mask = None if allowed is None else mx.array(np.where(allowed, 0.0, -np.inf).astype(np.float32))
+        return cls(past, feed.length, positions, mask)
+
 
 class MLP(nn.Module):
     """SwiGLU (gate, up, down), or up → tanh GELU → down (BD3-LM)."""
