@@ -91,15 +91,27 @@ def encode(records: list[dict], tokenizer) -> list[int]:
 
 
 def noisy_batch(x0: torch.Tensor, maskable: torch.Tensor, block_sizes: Sequence[int], mask_id: int,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
+                generator: torch.Generator, t_min: float = 0.0, suffix_share: float = 0.0) -> dict[str, torch.Tensor]:
     """Inputs [x_t ; x_t' ; x_0], attention bias and labels for the windows x0 (N, L), masks only
-    where `maskable` (N, L), each window with a block size drawn from `block_sizes`."""
+    where `maskable` (N, L), each window with a block size drawn from `block_sizes`.
+
+    Each block's ratio is t ~ U(t_min, 1). With `suffix_share` > 0 that share of the blocks is
+    masked as decoding leaves them, its last ⌈t · B⌉ positions, rather than at random places: the
+    left of a block is usually decided first, and the threshold rule needs confidence in the
+    masked run to its right."""
     n, length = x0.shape
     sizes = torch.tensor(block_sizes)[torch.randint(len(block_sizes), (n,), generator=generator)]
     masks, allowed = [], []
     for size in sizes.tolist():
-        t = torch.rand(-(-length // size), generator=generator).repeat_interleave(size)[:length]  # (L,)
-        masks.append(torch.rand(length, generator=generator) < t)
+        blocks = -(-length // size)
+        t = t_min + (1 - t_min) * torch.rand(blocks, generator=generator)
+        scattered = torch.rand(length, generator=generator) < t.repeat_interleave(size)[:length]
+        if suffix_share > 0:
+            offset = (torch.arange(length) % size).float()
+            suffix = offset >= size - torch.ceil(t * size).repeat_interleave(size)[:length]
+            pick = (torch.rand(blocks, generator=generator) < suffix_share).repeat_interleave(size)[:length]
+            scattered = torch.where(pick, suffix, scattered)
+        masks.append(scattered)
         allowed.append(block_diff_mask(length, size, noisy_copies=2))
     first = torch.stack(masks)
     masked = torch.cat([first & maskable, ~first & maskable], dim=1)  # (N, 2L): x_t's mask, then its complement

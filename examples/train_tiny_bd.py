@@ -33,6 +33,7 @@ from pathlib import Path
 
 import tiny_bd_distill
 import tiny_bd_objective as objective
+import tiny_bd_probe
 import torch
 from train_tiny import (
     batch_order,
@@ -136,13 +137,14 @@ def causal_perplexity(model, windows: torch.Tensor, batch: int = 8) -> float:
 
 # ---------------------------------------------------------------------------- training
 def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor, heldout: torch.Tensor,
-          mask_id: int, args: argparse.Namespace) -> dict:
-    """Train in place on the masked block objective; returns the figures and the loss curve."""
+          mask_id: int, args: argparse.Namespace, probe=None) -> dict:
+    """Train in place on the masked block objective; returns the figures and the loss curve.
+    `probe`, when given, is called every --probe-every steps and its figures are kept in the curve."""
     optimizer = make_optimizer(model, args.lr)
     order = batch_order(len(windows), args.steps, args.batch, args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     first, smoothed, curve, spent = 0, None, [], 0.0
-    unkeyed = ("threads", "report", "card", "log_every", "checkpoint_every", "out")  # a resumed run may change these
+    unkeyed = ("threads", "report", "card", "log_every", "checkpoint_every", "out", "probe_every", "probe_questions")  # a resumed run may change these
     key = json.dumps({k: str(v) for k, v in vars(args).items() if k not in unkeyed}, sort_keys=True)
     state = torch.load(args.checkpoint, weights_only=True) if args.checkpoint and args.checkpoint.is_file() else None
     if state is not None and state.get("key") == key:  # resume: same settings, same batches and masks from here
@@ -156,7 +158,8 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
     for step in range(first, args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, warmup=max(1, args.steps // 20))
-        batch = objective.noisy_batch(windows[order[step]], maskable[order[step]], BLOCK_SIZES, mask_id, generator)
+        batch = objective.noisy_batch(windows[order[step]], maskable[order[step]], BLOCK_SIZES, mask_id, generator,
+                                      t_min=args.t_min, suffix_share=args.suffix_share)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             loss = objective.masked_loss(model, batch, args.certainty, args.certainty_temperature)
         loss.backward()
@@ -172,6 +175,9 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
             curve[-1]["heldout"] = objective.heldout_losses(model, heldout, mask_id, BLOCK_SIZES, args.seed)
             print("  held out:", curve[-1]["heldout"], flush=True)
             model.train()
+        if probe is not None and args.probe_every and (step + 1) % args.probe_every == 0:
+            curve[-1]["probe"] = probe(model)
+            print("  probe:", curve[-1]["probe"], flush=True)
         if args.checkpoint and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 \
                 and step + 1 < args.steps:
             tmp = args.checkpoint.with_suffix(".tmp")
@@ -182,6 +188,17 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
     model.eval()
     return {"steps": args.steps, "train_seconds": round(time.time() - start, 1),
             "final_train_loss": round(smoothed, 4), "curve": curve}
+
+
+def load_sdar(folder: Path) -> Qwen3ForCausalLM:
+    """A saved tiny-chat-bd folder (SDAR layout) as Qwen3ForCausalLM in fp32."""
+    config = json.loads((folder / "config.json").read_text())
+    block_size, mask_id = config.pop("block_size"), config.pop("mask_token_id")
+    for key in ("model_type", "architectures"):
+        config.pop(key, None)
+    model = Qwen3ForCausalLM.from_pretrained(folder, config=Qwen3Config(**config), dtype=torch.float32)
+    model.config.block_size, model.config.mask_token_id = block_size, mask_id
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------- saving
@@ -234,6 +251,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--certainty", type=float, default=1.0,
                         help="weight of dParallel's certainty-forcing entropy term (0: plain masked cross-entropy)")
     parser.add_argument("--certainty-temperature", type=float, default=1.0)
+    parser.add_argument("--t-min", type=float, default=0.0, help="masking ratios are drawn from U(t-min, 1)")
+    parser.add_argument("--suffix-share", type=float, default=0.0,
+                        help="share of blocks masked as a suffix (as decoding leaves them) rather than at random")
+    parser.add_argument("--replies", type=Path, default=None,
+                        help="chat records (jsonl) to train on instead of tiny-chat's greedy replies, "
+                             "e.g. tiny_bd_self_distill.py's")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue from a saved tiny-chat-bd folder instead of adapting tiny-chat")
+    parser.add_argument("--probe-every", type=int, default=0,
+                        help="decode held-out questions every N steps (tiny_bd_probe.py): tokens per forward, "
+                             "perplexity under tiny-chat")
+    parser.add_argument("--probe-questions", type=int, default=48)
     parser.add_argument("--checkpoint", type=Path, default=Path("/tmp/tiny_bd_train.pt"),
                         help="saved every --checkpoint-every steps; a re-run with the same settings resumes")
     parser.add_argument("--checkpoint-every", type=int, default=50)
@@ -255,7 +284,10 @@ def main() -> None:
     records = [json.loads(line) for line in (args.corpus / "train.jsonl").read_text().splitlines()]
     random.Random(args.seed).shuffle(records)
     distilled, distill_seconds = [], 0.0
-    if args.distill:
+    if args.replies:  # a second stage's data, e.g. tiny_bd_self_distill.py's
+        distilled = [json.loads(line) for line in args.replies.read_text().splitlines()]
+        records = [r for r in records if r["kind"] == "prose"] + distilled
+    elif args.distill:
         distilled, distill_seconds = tiny_bd_distill.distill(args.start, records, args.distill, args.distill_cache)
         print(f"distilled replies kept: {len(distilled)} ({time.time() - started:.0f} s)", flush=True)
         records = [r for r in records if r["kind"] == "prose"] + distilled
@@ -264,19 +296,38 @@ def main() -> None:
     heldout = make_windows(encode_records(args.corpus / "heldout.jsonl", tokenizer, None),
                            args.seq_len)[: args.eval_windows, :-1]
     print(f"windows: {len(windows)} train, {len(heldout)} held out", flush=True)
-    model = to_qwen3(llama, tokenizer, DEFAULT_BLOCK_SIZE)
     report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                     "block_sizes": BLOCK_SIZES, "mask_token": MASK_TOKEN, "mask_token_id": tokenizer.mask_token_id,
                     "distilled": len(distilled), "distill_seconds": distill_seconds, "windows": len(windows)}
-    report["start"] = {"tiny_chat_causal_ppl": causal_perplexity(llama, heldout),
-                       "adapted_causal_ppl_norms_at_1": causal_perplexity(model, heldout)}
-    report["qk_rms"] = calibrate_qk_norms(llama, model, windows[-16:])  # prose windows
-    report["start"]["adapted_causal_ppl_calibrated"] = causal_perplexity(model, heldout)
+    if args.init:  # a second stage: the first stage's figures stay in its own report
+        model = load_sdar(args.init)
+        report["start"] = {"init": str(args.init)}
+    else:
+        model = to_qwen3(llama, tokenizer, DEFAULT_BLOCK_SIZE)
+        report["start"] = {"tiny_chat_causal_ppl": causal_perplexity(llama, heldout),
+                           "adapted_causal_ppl_norms_at_1": causal_perplexity(model, heldout)}
+        report["qk_rms"] = calibrate_qk_norms(llama, model, windows[-16:])  # prose windows
+        report["start"]["adapted_causal_ppl_calibrated"] = causal_perplexity(model, heldout)
     report["start"]["heldout"] = objective.heldout_losses(model, heldout, tokenizer.mask_token_id, BLOCK_SIZES,
                                                           args.seed)
     print("start:", json.dumps(report["start"]), flush=True)
-    del llama
-    report["train"] = train(model, windows, maskable, heldout, tokenizer.mask_token_id, args)
+    probe = None
+    if args.probe_every:
+        stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+        sets = {"heldout": tiny_bd_probe.heldout_questions(args.corpus, args.probe_questions),
+                "train": [r["text"].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+                          for r in distilled[: args.probe_questions // 2]]}
+        ar_replies = {k: [tiny_bd_probe.greedy_ar(llama, tiny_bd_probe.prompt_ids(tokenizer, q), stops) for q in qs]
+                      for k, qs in sets.items()}
+
+        def probe(m):  # held-out questions, and (memorisation) questions the model trains on
+            return {k: tiny_bd_probe.probe(m, llama, tokenizer, qs, ar_replies=ar_replies[k]) for k, qs in sets.items()}
+
+        report["start"]["probe"] = probe(model)
+        print("  probe:", report["start"]["probe"], flush=True)
+    else:
+        del llama
+    report["train"] = train(model, windows, maskable, heldout, tokenizer.mask_token_id, args, probe)
     report["end"] = {"heldout": objective.heldout_losses(model, heldout, tokenizer.mask_token_id, BLOCK_SIZES,
                                                          args.seed)}
     print("end:", json.dumps(report["end"]), flush=True)

@@ -4,6 +4,8 @@ converter and decodes offline, in parallel, into words (ONNX only, a few dozen t
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -79,3 +81,28 @@ def test_at_the_default_threshold_it_commits_several_tokens_per_forward(converte
         reply = model.chat([{"role": "user", "content": prompt}], max_tokens=64, block_size=8, threshold=0.9)
         tokens, forwards = tokens + reply.stats.generated_tokens, forwards + reply.stats.forwards
     assert tokens / forwards >= FLOOR, (tokens, forwards)
+
+
+def test_the_training_probe_decodes_as_edgegen_does(converted):
+    """examples/tiny_bd_probe.py decodes in torch, without a cache, while tiny-chat-bd trains; the
+    figures it steers training by are edgegen's only if it commits the same tokens in the same
+    number of forwards as edgegen's block-diffusion engine (cached, ONNX)."""
+    pytest.importorskip("transformers")
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    sys.path.insert(0, examples)
+    try:
+        import tiny_bd_probe
+        from train_tiny_bd import load_sdar
+        from transformers import AutoTokenizer
+    finally:
+        sys.path.remove(examples)
+    torch_model, tokenizer = load_sdar(FOLDER), AutoTokenizer.from_pretrained(FOLDER)
+    stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+    model = edgegen.load(converted)
+    for prompt in FLOOR_PROMPTS[:4]:
+        ids = tiny_bd_probe.prompt_ids(tokenizer, prompt)
+        assert ids == model.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+        model.reset()
+        reply = model.generate(ids, max_tokens=64, block_size=8, threshold=0.9)
+        tokens, forwards = tiny_bd_probe.decode(torch_model, ids, tokenizer.mask_token_id, stops, block=8, tau=0.9)
+        assert (tokens, forwards) == (reply.token_ids, reply.stats.forwards), prompt
