@@ -17,9 +17,12 @@ Steps (SDAR / Fast-dLLM v2 recipe, scaled down; the objective is in tiny_bd_obje
    block sizes drawn per window from BLOCK_SIZES, so one checkpoint serves all of them;
 4. save fp16 in SDAR's layout (config.json with `model_type: "sdar"`, `block_size`,
    `mask_token_id`), then measure it with edgegen and write its model card (tiny_bd_eval.py).
-About 80 minutes on a 2-core AVX2 CPU: 24 distilling (cached in /tmp afterwards), then 800 steps of
-4.2 s on one thread in fp32 (2.3 s on two). Seeded; one CPU thread by default, which reproduces the
-shipped weights.
+5. later rounds (`--init` the previous folder, `--replies` tiny_bd_self_distill.py's records):
+   self-distillation, the model trained on its own replies where tiny-chat finds them as good as
+   its own (see tiny-chat-bd's card for the rounds run and the commands).
+The first training takes about 80 minutes on a 2-core AVX2 CPU: 24 distilling (cached in /tmp
+afterwards), then 800 steps of 4.2 s on one thread in fp32 (2.3 s on two; about 1.4 s in bf16 on
+an AVX-512 Xeon). Seeded; a run reproduces at the same thread count.
 """
 
 from __future__ import annotations
@@ -299,9 +302,12 @@ def main() -> None:
     report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                     "block_sizes": BLOCK_SIZES, "mask_token": MASK_TOKEN, "mask_token_id": tokenizer.mask_token_id,
                     "distilled": len(distilled), "distill_seconds": distill_seconds, "windows": len(windows)}
-    if args.init:  # a second stage: the first stage's figures stay in its own report
+    if args.init:  # a later round: the first stage's figures stay in its own report
         model = load_sdar(args.init)
         report["start"] = {"init": str(args.init)}
+        stats = args.replies.with_suffix(".json") if args.replies else None
+        if stats and stats.is_file():  # tiny_bd_self_distill.py's figures
+            report["replies"] = json.loads(stats.read_text())
     else:
         model = to_qwen3(llama, tokenizer, DEFAULT_BLOCK_SIZE)
         report["start"] = {"tiny_chat_causal_ppl": causal_perplexity(llama, heldout),

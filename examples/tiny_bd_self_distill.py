@@ -1,0 +1,107 @@
+"""Self-distillation data for a second training stage of tiny-chat-bd (dParallel's recipe, arXiv
+2509.26488, with tiny-chat as the judge): the block-diffusion model's own replies to training
+questions, decoded by edgegen at the default block size and threshold, kept where tiny-chat finds
+them about as likely as its own greedy reply, tiny-chat's reply otherwise.
+
+A parallel decoder commits a token once it is confident of it; its own replies are the targets it
+can become confident of fastest (dParallel trains LLaDA on LLaDA's own answers). The filter keeps
+the quality: a reply is kept only if its perplexity under tiny-chat is at most `--max-ratio` times
+that of tiny-chat's greedy reply to the same question (tiny_bd_distill.py's records).
+
+    python examples/tiny_bd_self_distill.py --model edgegen/_bundled/tiny-chat-bd --out /tmp/tiny_bd_self.jsonl
+
+Writes chat records (jsonl) in the corpus's format, in the teacher's order, for
+`train_tiny_bd.py --replies`, and its figures beside them (the same name, .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import edgegen  # noqa: E402
+
+USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+
+
+@torch.no_grad()
+def mean_nll(ar, prompt: list[int], reply: list[int]) -> float:
+    ids = torch.tensor([prompt + reply])
+    logp = ar(input_ids=ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
+    return float(-logp.gather(1, torch.tensor(reply)[:, None]).mean())
+
+
+def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> int:
+    """Answer every `workers`-th teacher question from the `index`-th into `out`; returns how many
+    replies are the model's own."""
+    torch.set_num_threads(args.threads)
+    tqdm.set_lock(threading.RLock())  # tqdm's default lock is a process-shared semaphore, left behind at exit
+    teacher = [json.loads(line) for line in args.teacher.read_text().splitlines()[1:]]
+    teacher = teacher[: args.count or None][index::workers]
+    ar = LlamaForCausalLM.from_pretrained(args.ar, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.ar)
+    own = 0
+    with tempfile.TemporaryDirectory() as work:
+        bd = edgegen.load(edgegen.convert(str(args.model), Path(work) / "bd", runtime="onnx"), threads=args.threads)
+        with out.open("w") as sink:
+            for record in tqdm(teacher, desc="self-distilling", mininterval=10, disable=index > 0):
+                question = record["text"].split(USER)[1].split(END)[0]
+                prompt = bd.tokenizer.encode_chat([{"role": "user", "content": question}])
+                bd.reset()
+                result = bd.generate(prompt, max_tokens=args.max_tokens, block_size=8, threshold=args.threshold)
+                reply = record["text"].split(ASSISTANT)[1].removesuffix("\n").removesuffix(END)
+                if result.stats.finish_reason == "stop" and result.token_ids:
+                    theirs = tokenizer(reply, add_special_tokens=False).input_ids
+                    if mean_nll(ar, prompt, result.token_ids) <= mean_nll(ar, prompt, theirs) + math.log(args.max_ratio):
+                        reply, own = result.text, own + 1
+                text = record["text"].split(ASSISTANT)[0] + ASSISTANT + reply + END + "\n"
+                sink.write(json.dumps({"doc": "tiny-chat-bd self-distilled", "kind": "chat", "text": text}) + "\n")
+    return own
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="the previous round's tiny-chat-bd folder")
+    parser.add_argument("--teacher", type=Path, default=Path("/tmp/tiny_bd_distill.jsonl"),
+                        help="tiny-chat's greedy replies (tiny_bd_distill.py's cache)")
+    parser.add_argument("--ar", type=Path, default=REPO / "edgegen" / "_bundled" / "tiny-chat")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--count", type=int, default=0, help="questions to answer (0: all)")
+    parser.add_argument("--max-ratio", type=float, default=1.1)
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--threshold", type=float, default=0.7, help="the commit threshold the replies are decoded at")
+    parser.add_argument("--workers", type=int, default=2, help="processes, one question at a time each")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process")
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as work:
+        shards = [Path(work) / f"{i}.jsonl" for i in range(args.workers)]
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            own = sum(pool.starmap(answer, [(args, i, args.workers, shard) for i, shard in enumerate(shards)]))
+        lines = [shard.read_text().splitlines() for shard in shards]
+        merged = [line for row in zip(*lines) for line in row] + [rest[-1] for rest in lines if len(rest) > len(lines[-1])]
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in merged))
+    tmp.replace(args.out)
+    figures = {"model": str(args.model), "replies": len(merged), "own": own, "threshold": args.threshold,
+               "max_ratio": args.max_ratio, "max_tokens": args.max_tokens, "seconds": round(time.time() - started, 1),
+               "workers": args.workers, "threads": args.threads}
+    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{len(merged)} replies, {own} the model's own ({own / max(len(merged), 1):.0%}), {figures['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
