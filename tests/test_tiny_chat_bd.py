@@ -65,7 +65,7 @@ def test_edgegen_generate_runs_the_bundled_name_offline():
     assert timing["strategy"] == "block-diffusion" and timing["tokens_per_forward"] > 0.5
 
 
-FLOOR = 1.25
+FLOOR = 2.0
 FLOOR_PROMPTS = ("What does json.dumps do?", "Explain list comprehensions.", "What is a generator?",
                  "Tell me about the statistics module.", "What is reprlib?", "Explain ssl.")
 
