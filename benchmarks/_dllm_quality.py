@@ -87,7 +87,7 @@ def summarize(replies: list[Reply], reference: list[Reply] | None, scorer) -> di
         "forwards": sum(r.forwards for r in replies),
         "tokens_per_forward": tokens / max(sum(r.forwards for r in replies), 1),
         "wall_tok_s": tokens / sum(r.seconds for r in replies),
-        "decode_tok_s": float(np.mean([r.decode_tok_s for r in replies])),
+        "decode_tok_s": float(np.median([r.decode_tok_s for r in replies])),  # a mean of rates is ruled by replies done in one or two forwards
         "mean_reply_tokens": tokens / len(replies),
         "stopped": sum(r.finish == "stop" for r in replies),
         "perplexity_under_ar": perplexity(scorer, replies),

@@ -5,7 +5,7 @@
 On the chat prompts of _dllm_quality.py (greedy, at most 64 new tokens, stopping at EOS), per
 runtime: tiny-chat decoding autoregressively, then tiny-chat-bd at each block size × threshold
 (SDAR's dynamic rule, edgegen's default for the model): tokens per forward, decode tok/s (edgegen's
-own figure: tokens after the first over the time after the first), end-to-end tok/s (reply tokens
+own figure: tokens after the first over the time after the first; the median over the prompts), end-to-end tok/s (reply tokens
 over the wall time of prompt + reply, the median of `--repeats` runs) and its ratio to AR on the same
 runtime, the perplexity of the replies under tiny-chat, and their agreement with tiny-chat's greedy
 replies. AR and diffusion runs are interleaved prompt by prompt, so both see the same machine load.
