@@ -149,3 +149,20 @@ def test_sigterm_during_convert_leaves_nothing(checkpoints, tmp_path):
     assert proc.wait(timeout=60) in (0, 143)  # finished first, or stopped cleanly
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers in ([], ["out"]), leftovers
+
+
+def test_sigterm_is_ours_only_while_a_command_runs():
+    """After a command (and during the interpreter's exit that follows it) SIGTERM is handled as
+    before it: a launcher's SIGTERM to a rank that is already exiting must not print a traceback
+    from an atexit callback (seen with mlx.launch when the other rank was killed)."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from edgegen.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert CliRunner().invoke(main, ["--version"]).exit_code == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert CliRunner().invoke(main, ["generate"]).exit_code == 2  # a failure path too
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -26,11 +26,20 @@ def _follower() -> bool:
     return is_follower()
 
 
-def _exit_cleanly_on_sigterm() -> None:
+def _exit_cleanly_on_sigterm() -> Any:
     """SIGTERM (a service manager, `kill`) becomes SystemExit(143), so that every `finally` runs:
-    a half-written output is removed, as it is on Ctrl-C."""
+    a half-written output is removed, as it is on Ctrl-C. Returns the handler it replaced."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    """Once the command has ended, SIGTERM does what it did before (in a process of ours: ends it
+    quietly). Raised during the interpreter's exit (an atexit callback, while a launcher stops every
+    rank) a SystemExit could only print a traceback, and every `finally` has run by then."""
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Group(click.Group):
@@ -39,7 +48,13 @@ class Group(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
-        _exit_cleanly_on_sigterm()
+        previous = _exit_cleanly_on_sigterm()
+        try:
+            return self._main(args, prog_name, complete_var, **extra)
+        finally:
+            _restore_sigterm(previous)
+
+    def _main(self, args: Any, prog_name: str | None, complete_var: str | None, **extra: Any) -> Any:
         try:
             return super().main(args, prog_name or "edgegen", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
