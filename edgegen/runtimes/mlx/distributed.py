@@ -90,7 +90,19 @@ def group():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the run ends
             signal.signal(signal.SIGTERM, lambda *_: die(  # mlx.launch stops the others once a rank dies
                 f"rank {g.rank()} was stopped (another rank ended first); the distributed run ends"))
+        elif threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _rank_0_stopped)
     return _group
+
+
+def _rank_0_stopped(signum, frame) -> None:
+    """SIGTERM on rank 0: mlx.launch sends it once another rank has died, often before rank 0's
+    own collective notices. One line, then SystemExit, so that rank 0's `finally` blocks run."""
+    sys.stderr.write("edgegen: error: rank 0 was stopped (SIGTERM: the launcher stops every rank once one has "
+                     "ended, or someone asked); the distributed run ends\n")
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends the process
+    sys.exit(128 + signum)
 
 
 def is_follower() -> bool:
