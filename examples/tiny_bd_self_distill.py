@@ -1,7 +1,7 @@
 """Self-distillation data for a second training stage of tiny-chat-bd (dParallel's recipe, arXiv
 2509.26488, with tiny-chat as the judge): the block-diffusion model's own replies to training
-questions, decoded by edgegen at the default block size and threshold, kept where tiny-chat finds
-them about as likely as its own greedy reply, tiny-chat's reply otherwise.
+questions, decoded by edgegen at block 8 and `--threshold` (0.7: replies decoded more in parallel),
+kept where tiny-chat finds them about as likely as its own greedy reply, tiny-chat's reply otherwise.
 
 A parallel decoder commits a token once it is confident of it; its own replies are the targets it
 can become confident of fastest (dParallel trains LLaDA on LLaDA's own answers). The filter keeps
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from tiny_bd_probe import reply_nll
 from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -37,11 +38,9 @@ import edgegen  # noqa: E402
 USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
 
 
-@torch.no_grad()
 def mean_nll(ar, prompt: list[int], reply: list[int]) -> float:
-    ids = torch.tensor([prompt + reply])
-    logp = ar(input_ids=ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
-    return float(-logp.gather(1, torch.tensor(reply)[:, None]).mean())
+    total, count = reply_nll(ar, prompt, reply)
+    return total / count
 
 
 def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> int:

@@ -50,12 +50,6 @@ class Group(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         previous = _exit_cleanly_on_sigterm()
         try:
-            return self._main(args, prog_name, complete_var, **extra)
-        finally:
-            _restore_sigterm(previous)
-
-    def _main(self, args: Any, prog_name: str | None, complete_var: str | None, **extra: Any) -> Any:
-        try:
             return super().main(args, prog_name or "edgegen", complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else "edgegen"
@@ -76,6 +70,8 @@ class Group(click.Group):
         except BrokenPipeError:  # `edgegen generate ... | head`: the reader left; so do we
             sys.stderr.close()
             sys.exit(0)
+        finally:
+            _restore_sigterm(previous)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
