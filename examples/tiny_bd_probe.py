@@ -25,11 +25,21 @@ import torch
 ASSISTANT = "<|im_start|>assistant\n"
 
 
+def question(text: str) -> str:
+    """The user turn of a chat record's text."""
+    return text.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+
+
+def stop_ids(tokenizer) -> tuple[int, ...]:
+    """The tokens that end a reply: <|im_end|> and </s>."""
+    return tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+
+
 def heldout_questions(corpus: Path, count: int) -> list[str]:
     """The user turns of the held-out split's first `count` chat records (pages never trained on)."""
     records = [json.loads(line) for line in (corpus / "heldout.jsonl").read_text().splitlines()]
     chat = [r["text"] for r in records if r["kind"] == "chat"]
-    return [t.split("<|im_start|>user\n")[1].split("<|im_end|>")[0] for t in chat[:count]]
+    return [question(t) for t in chat[:count]]
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -99,7 +109,7 @@ def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau:
           ar_replies: list[list[int]] | None = None) -> dict:
     """Tokens per forward and the replies' perplexity under the AR model, against its own greedy
     replies' (`ar_replies`, computed when not given)."""
-    stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+    stops = stop_ids(tokenizer)
     was_training = model.training
     model.eval()
     prompts = [prompt_ids(tokenizer, q) for q in questions]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from tiny_bd_probe import reply_nll
+from tiny_bd_probe import question, reply_nll
 from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import edgegen  # noqa: E402
 
-USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+ASSISTANT, END = "<|im_start|>assistant\n", "<|im_end|>"
 
 
 def mean_nll(ar, prompt: list[int], reply: list[int]) -> float:
@@ -57,8 +57,7 @@ def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> int
         bd = edgegen.load(edgegen.convert(str(args.model), Path(work) / "bd", runtime="onnx"), threads=args.threads)
         with out.open("w") as sink:
             for record in tqdm(teacher, desc="self-distilling", mininterval=10, disable=index > 0):
-                question = record["text"].split(USER)[1].split(END)[0]
-                prompt = bd.tokenizer.encode_chat([{"role": "user", "content": question}])
+                prompt = bd.tokenizer.encode_chat([{"role": "user", "content": question(record["text"])}])
                 bd.reset()
                 result = bd.generate(prompt, max_tokens=args.max_tokens, block_size=8, threshold=args.threshold)
                 reply = record["text"].split(ASSISTANT)[1].removesuffix("\n").removesuffix(END)

@@ -319,10 +319,9 @@ def main() -> None:
     print("start:", json.dumps(report["start"]), flush=True)
     probe = None
     if args.probe_every:
-        stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+        stops = tiny_bd_probe.stop_ids(tokenizer)
         sets = {"heldout": tiny_bd_probe.heldout_questions(args.corpus, args.probe_questions),
-                "train": [r["text"].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
-                          for r in distilled[: args.probe_questions // 2]]}
+                "train": [tiny_bd_probe.question(r["text"]) for r in distilled[: args.probe_questions // 2]]}
         ar_replies = {k: [tiny_bd_probe.greedy_ar(llama, tiny_bd_probe.prompt_ids(tokenizer, q), stops) for q in qs]
                       for k, qs in sets.items()}
 

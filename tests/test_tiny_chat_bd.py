@@ -97,7 +97,7 @@ def test_the_training_probe_decodes_as_edgegen_does(converted):
     finally:
         sys.path.remove(examples)
     torch_model, tokenizer = load_sdar(FOLDER), AutoTokenizer.from_pretrained(FOLDER)
-    stops = tuple(tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "</s>"))
+    stops = tiny_bd_probe.stop_ids(tokenizer)
     model = edgegen.load(converted)
     for prompt in FLOOR_PROMPTS[:4]:
         ids = tiny_bd_probe.prompt_ids(tokenizer, prompt)
