@@ -25,6 +25,12 @@ DRIVER = Path(__file__).with_name("distributed_driver.py")
 TIMEOUT = 240  # seconds for one launch, as a bound: a hang fails the test instead of the suite
 
 
+def our_lines(stderr: str) -> list[str]:
+    """edgegen's error lines in a launcher's relayed stderr, where mlx.launch's own coloured
+    "[WARN] Node … exited" may share a line's start with ours."""
+    return re.findall(r"edgegen: error: [^\n]*", stderr)
+
+
 def fresh_port() -> list[str]:
     """A starting port of its own for each launch: back-to-back launches on the ring's default
     ports can meet the last one's sockets still closing."""
@@ -91,7 +97,7 @@ def test_generate_json_reports_the_group_and_only_rank_0_prints():
 
 def test_onnx_under_a_group_is_one_line():
     result = launch("-m", "edgegen", "generate", "tiny-chat", "--provider", "cpu", "-p", "hi", timeout=120)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("edgegen: error:")]
+    errors = our_lines(result.stderr)
     assert len(errors) == 1 and "ONNX Runtime has no distributed engine" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
 
@@ -135,8 +141,7 @@ def test_a_killed_rank_ends_the_run_on_the_other_with_one_line(victim, tmp_path)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    # the launcher relays both ranks' stderr: its own "[WARN] Node … exited" may share our line's start
-    ours = re.findall(r"edgegen: error: [^\n]*", err)
+    ours = our_lines(err)
     assert len(ours) == 1 and "the distributed run ends" in ours[0], err[-2000:]
     assert f"rank {1 - victim}" in ours[0] and "Traceback" not in err, err[-2000:]
 
