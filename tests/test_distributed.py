@@ -146,6 +146,36 @@ def test_a_killed_rank_ends_the_run_on_the_other_with_one_line(victim, tmp_path)
     assert f"rank {1 - victim}" in ours[0] and "Traceback" not in err, err[-2000:]
 
 
+def test_a_stopped_rank_0_sends_nothing_more(monkeypatch, capsys):
+    """After the launcher's SIGTERM, rank 0's `finally` blocks and its STOP at exit send nothing: a
+    collective with a dead peer would fail or block, and print a second line (seen in CI)."""
+    from edgegen.runtimes.mlx import distributed
+
+    class Rank0:
+        def rank(self):
+            return 0
+
+        def size(self):
+            return 2
+
+    monkeypatch.setenv("EDGEGEN_DISTRIBUTED_TIMEOUT", "600")
+    ch, sent = distributed.Channel(Rank0()), []
+    monkeypatch.setattr(ch, "_sum", sent.append)
+    monkeypatch.setattr(distributed, "_channel", ch)
+    ch.command([distributed.PING])  # before the SIGTERM, commands go out
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            distributed._rank_0_stopped(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    with pytest.raises(SystemExit):
+        ch.command([distributed.PING])
+    distributed.stop()
+    assert len(sent) == 1 and stopped.value.code == 143
+    assert len(our_lines(capsys.readouterr().err)) == 1
+
+
 def test_an_idle_rank_0_keeps_the_others_waiting(tmp_path):
     """A chat waiting for its user sends heartbeats: the followers' timeout does not end the run."""
     out = tmp_path / "idle.json"

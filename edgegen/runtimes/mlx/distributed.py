@@ -97,7 +97,12 @@ def group():
 
 def _rank_0_stopped(signum, frame) -> None:
     """SIGTERM on rank 0: mlx.launch sends it once another rank has died, often before rank 0's
-    own collective notices. One line, then SystemExit, so that rank 0's `finally` blocks run."""
+    own collective notices. One line, then SystemExit, so that rank 0's `finally` blocks run. From
+    here on nothing goes out: a `finally` that sends a command meets the same SystemExit, and the
+    STOP at exit is skipped (a collective with a dead peer fails, or blocks until the watchdog
+    ends the process, each with a second line)."""
+    if _channel is not None:
+        _channel.stopped, _channel.broken = 128 + signum, True
     sys.stderr.write("edgegen: error: rank 0 was stopped (SIGTERM: the launcher stops every rank once one has "
                      "ended, or someone asked); the distributed run ends\n")
     sys.stderr.flush()
@@ -154,6 +159,7 @@ class Channel:
         self.busy_since: float | None = None  # a command, a forward or a collective under way since
         self.last = time.monotonic()  # when the last command went out (rank 0) or came in (followers)
         self.broken = False
+        self.stopped = 0  # rank 0's exit code once SIGTERM stopped it (see _rank_0_stopped)
         self.sent_bytes = 0  # bytes of the collectives and sends this rank took part in
         threading.Thread(target=self._watch, name="edgegen-distributed-watchdog", daemon=True).start()
         if self.rank == 0:
@@ -199,6 +205,8 @@ class Channel:
 
     def command(self, header: list[float], payload: np.ndarray | None = None) -> None:
         """Rank 0: send one command to every rank."""
+        if self.stopped:
+            raise SystemExit(self.stopped)
         with self.lock:
             self.busy_since = time.monotonic()
             try:
