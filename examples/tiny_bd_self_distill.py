@@ -43,16 +43,16 @@ def mean_nll(ar, prompt: list[int], reply: list[int]) -> float:
     return total / count
 
 
-def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> int:
+def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> tuple[int, list[float]]:
     """Answer every `workers`-th teacher question from the `index`-th into `out`; returns how many
-    replies are the model's own."""
+    replies are the model's own, and each finished reply's perplexity over the teacher's."""
     torch.set_num_threads(args.threads)
     tqdm.set_lock(threading.RLock())  # tqdm's default lock is a process-shared semaphore, left behind at exit
     teacher = [json.loads(line) for line in args.teacher.read_text().splitlines()[1:]]
     teacher = teacher[: args.count or None][index::workers]
     ar = LlamaForCausalLM.from_pretrained(args.ar, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.ar)
-    own = 0
+    own, ratios = 0, []
     with tempfile.TemporaryDirectory() as work:
         bd = edgegen.load(edgegen.convert(str(args.model), Path(work) / "bd", runtime="onnx"), threads=args.threads)
         with out.open("w") as sink:
@@ -63,11 +63,13 @@ def answer(args: argparse.Namespace, index: int, workers: int, out: Path) -> int
                 reply = record["text"].split(ASSISTANT)[1].removesuffix("\n").removesuffix(END)
                 if result.stats.finish_reason == "stop" and result.token_ids:
                     theirs = tokenizer(reply, add_special_tokens=False).input_ids
-                    if mean_nll(ar, prompt, result.token_ids) <= mean_nll(ar, prompt, theirs) + math.log(args.max_ratio):
+                    gap = mean_nll(ar, prompt, result.token_ids) - mean_nll(ar, prompt, theirs)
+                    ratios.append(math.exp(gap))
+                    if gap <= math.log(args.max_ratio):
                         reply, own = result.text, own + 1
                 text = record["text"].split(ASSISTANT)[0] + ASSISTANT + reply + END + "\n"
                 sink.write(json.dumps({"doc": "tiny-chat-bd self-distilled", "kind": "chat", "text": text}) + "\n")
-    return own
+    return own, ratios
 
 
 def main() -> None:
@@ -88,14 +90,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         shards = [Path(work) / f"{i}.jsonl" for i in range(args.workers)]
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-            own = sum(pool.starmap(answer, [(args, i, args.workers, shard) for i, shard in enumerate(shards)]))
+            answered = pool.starmap(answer, [(args, i, args.workers, shard) for i, shard in enumerate(shards)])
+        own, ratios = sum(a[0] for a in answered), sorted(r for a in answered for r in a[1])
         lines = [shard.read_text().splitlines() for shard in shards]
         merged = [line for row in zip(*lines) for line in row] + [rest[-1] for rest in lines if len(rest) > len(lines[-1])]
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in merged))
     tmp.replace(args.out)
     figures = {"model": str(args.model), "replies": len(merged), "own": own, "threshold": args.threshold,
-               "max_ratio": args.max_ratio, "max_tokens": args.max_tokens, "seconds": round(time.time() - started, 1),
+               "max_ratio": args.max_ratio,
+               "finished": len(ratios), "ratio_quantiles": {f"{q:.2f}": round(ratios[int(q * (len(ratios) - 1))], 3)
+                                                            for q in (0.1, 0.25, 0.5, 0.75, 0.9)} if ratios else {},
+               "max_tokens": args.max_tokens, "seconds": round(time.time() - started, 1),
                "workers": args.workers, "threads": args.threads}
     args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
     print(f"{len(merged)} replies, {own} the model's own ({own / max(len(merged), 1):.0%}), {figures['seconds']:.0f} s")
