@@ -2,7 +2,8 @@
 
 Used by train_tiny_bd.py after training; also on its own, from the repository root:
 
-    python examples/tiny_bd_eval.py --report /tmp/tiny_bd_train.json
+    python examples/tiny_bd_eval.py --report /tmp/tiny_bd_train.json --rounds /tmp/tiny_bd_r1.json …
+    python examples/tiny_bd_eval.py      # the card again, from the folder's training.json
 
 Both tiny-chat (autoregressive) and the new folder go through edgegen's real converter. On the
 prompt set of benchmarks/_dllm_quality.py, greedy, at most 64 new tokens, stopping at EOS: tokens per
@@ -28,6 +29,7 @@ import edgegen
 THRESHOLDS = (0.7, 0.9, 1.0)
 SAMPLES = 4  # verbatim replies shown in the card
 GOAL_TOKENS, GOAL_RATIO = 2.5, 1.15  # at block 8, τ 0.9
+RECORD = "training.json"  # the first training's report, with the rounds' under "rounds"
 
 
 def measure(folder: Path, block_sizes: list[int], default_block: int, work: Path) -> dict:
@@ -48,11 +50,19 @@ def measure(folder: Path, block_sizes: list[int], default_block: int, work: Path
 
 
 def evaluate_and_document(folder: Path, report: dict) -> dict:
+    """Measure the folder, write its card, and keep the training figures the card is made from
+    beside the weights (`training.json`), so that the card can be made again from the folder alone."""
     config = json.loads((folder / "config.json").read_text())
     with tempfile.TemporaryDirectory() as work:
         report["eval"] = measure(folder, list(report["block_sizes"]), config["block_size"], Path(work))
     (folder / "README.md").write_text(model_card(config, report))
+    (folder / RECORD).write_text(json.dumps(training_record(report), indent=1) + "\n")
     return report
+
+
+def training_record(report: dict) -> dict:
+    """The training report without what the card measures again (the evaluation)."""
+    return {k: v for k, v in report.items() if k != "eval"}
 
 
 def _row(name: str, figures: dict, ar: dict | None) -> str:
@@ -278,6 +288,8 @@ Training loss (smoothed; cross-entropy on the masked tokens plus the certainty t
 training {minutes:.1f} min on {threads} CPU threads of a 2-core machine (the whole script
 {total_minutes:.1f} min, distillation included).
 
+The training figures this card gives are kept beside the weights in `training.json`;
+`python examples/tiny_bd_eval.py` measures the folder again and remakes this card from it.
 Reproduce from the repository root:
 
 ```sh
@@ -299,14 +311,20 @@ Verbatim, greedy, through the chat template, at most {max_tokens} new tokens.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=REPO / "edgegen" / "_bundled" / "tiny-chat-bd")
-    parser.add_argument("--report", type=Path, default=Path("/tmp/tiny_bd_train.json"))
-    parser.add_argument("--rounds", type=Path, nargs="*", default=[],
-                        help="the reports of the self-distillation rounds' training, in order")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="train_tiny_bd.py's report of the first training (default: the folder's training.json)")
+    parser.add_argument("--rounds", type=Path, nargs="*", default=None,
+                        help="the reports of the self-distillation rounds' training, in order "
+                             "(default: those in the folder's training.json)")
     args = parser.parse_args()
+    args.report = args.report or args.folder / RECORD
     report = json.loads(args.report.read_text())
-    report["rounds"] = [json.loads(path.read_text()) for path in args.rounds]
+    if args.rounds is not None:
+        report["rounds"] = [json.loads(path.read_text()) for path in args.rounds]
     report = evaluate_and_document(args.folder, report)
-    args.report.with_name(args.report.stem + "_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    evaluation = Path(tempfile.gettempdir()) / "tiny_bd_eval.json"  # every figure, replies included
+    evaluation.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"card: {args.folder / 'README.md'}; figures: {evaluation}")
 
 
 if __name__ == "__main__":
