@@ -172,6 +172,10 @@ def test_a_stopped_rank_0_sends_nothing_more(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ch.command([distributed.PING])
     distributed.stop()
+    monkeypatch.setattr(distributed.time, "sleep", lambda seconds: None)
+    ch.last, ch.broken = 0.0, False  # the heartbeat woke before the handler marked the channel broken
+    ch._heartbeat()  # returns, sends nothing, raises nothing (a thread's SystemExit fails pytest)
+    ch.broken = True  # this channel's own watchdog and heartbeat threads end
     assert len(sent) == 1 and stopped.value.code == 143
     assert len(our_lines(capsys.readouterr().err)) == 1
 

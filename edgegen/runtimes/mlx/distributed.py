@@ -181,14 +181,18 @@ class Channel:
 
     def _heartbeat(self) -> None:
         """Rank 0, while idle (a chat waiting for its user): a no-op command now and then."""
-        while not self.broken:
+        while True:
             time.sleep(self.timeout / 4)
+            if self.broken:  # a lost rank, or rank 0 stopped while this thread slept
+                return
             if self.busy_since is None and time.monotonic() - self.last > self.timeout / 4 \
                     and self.lock.acquire(blocking=False):
                 try:
                     self.command([PING])
                 except DistributedError as exc:
                     die(str(exc))
+                except SystemExit:  # rank 0 was stopped meanwhile (see _rank_0_stopped): nothing goes out
+                    return
                 finally:
                     self.lock.release()
 
