@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,8 +80,17 @@ def agreement(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b)) / longest if longest else 1.0
 
 
+def most_repeated(replies: list[Reply]) -> int:
+    """How many prompts get the commonest reply: a model collapsed onto a canned reply that the scorer
+    finds fluent whatever the question scores well on perplexity alone."""
+    return max(Counter(tuple(r.ids) for r in replies).values(), default=0)
+
+
 def summarize(replies: list[Reply], reference: list[Reply] | None, scorer) -> dict:
-    """Figures over a prompt set: tokens per forward, speeds, the quality proxy."""
+    """Figures over a prompt set: tokens per forward, speeds, the quality proxy. With a reference
+    (the autoregressive model's replies), the perplexity ratio is also given over only the prompts
+    whose reference reply ends within MAX_TOKENS: a looping reference reply scores a low perplexity
+    (repetition is easy to predict) and its tokens would otherwise weigh most in the ratio."""
     tokens = sum(len(r.ids) for r in replies)
     out = {
         "tokens": tokens,
@@ -91,8 +101,14 @@ def summarize(replies: list[Reply], reference: list[Reply] | None, scorer) -> di
         "mean_reply_tokens": tokens / len(replies),
         "stopped": sum(r.finish == "stop" for r in replies),
         "perplexity_under_ar": perplexity(scorer, replies),
+        "distinct": len({tuple(r.ids) for r in replies}),
+        "most_repeated": most_repeated(replies),
     }
     if reference is not None:
         out["agreement_with_ar"] = float(np.mean([agreement(r.ids, a.ids) for r, a in zip(replies, reference)]))
         out["identical_to_ar"] = sum(r.ids == a.ids for r, a in zip(replies, reference))
+        ended = [i for i, a in enumerate(reference) if a.finish == "stop"]
+        out["ar_ended"] = len(ended)
+        out["ratio_where_ar_ends"] = (perplexity(scorer, [replies[i] for i in ended])
+                                      / perplexity(scorer, [reference[i] for i in ended]))
     return out

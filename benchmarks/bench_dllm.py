@@ -65,7 +65,8 @@ def measure(runtime: str, scorer, args: argparse.Namespace) -> list[dict]:
     base = summarize(replies["ar"], None, scorer)
     rows = [{"runtime": runtime, "model": "tiny-chat", "decoder": "autoregressive", "block_size": None,
              "threshold": None, "prompts": len(prompts), **base, "speedup": 1.0, "perplexity_ratio": 1.0,
-             "agreement_with_ar": 1.0, "identical_to_ar": len(prompts), "others_cpu_share": busy,
+             "agreement_with_ar": 1.0, "identical_to_ar": len(prompts), "ratio_where_ar_ends": 1.0,
+             "ar_ended": base["stopped"], "others_cpu_share": busy,
              "replies": [r.text for r in replies["ar"]]}]
     for block, threshold in settings:
         s = summarize(replies[block, threshold], replies["ar"], scorer)
@@ -79,13 +80,15 @@ def measure(runtime: str, scorer, args: argparse.Namespace) -> list[dict]:
 
 def table(rows: list[dict]) -> list[tuple[str, ...]]:
     header = ("runtime", "decoder", "block", "τ", "tok/forward", "decode tok/s", "e2e tok/s", "speedup",
-              "ppl under AR", "ppl ratio", "agreement", "identical", "reply tokens")
+              "ppl under AR", "ppl ratio", "ratio where AR ends", "agreement", "identical", "distinct",
+              "reply tokens")
     out = [header]
     for r in rows:
         out.append((r["runtime"], r["decoder"], str(r["block_size"] or "-"), str(r["threshold"] or "-"),
                     f"{r['tokens_per_forward']:.2f}", f"{r['decode_tok_s']:.0f}", f"{r['wall_tok_s']:.0f}",
                     f"{r['speedup']:.2f}", f"{r['perplexity_under_ar']:.2f}", f"{r['perplexity_ratio']:.3f}",
-                    f"{r['agreement_with_ar']:.2f}", f"{r['identical_to_ar']}/{r['prompts']}",
+                    f"{r['ratio_where_ar_ends']:.3f} ({r['ar_ended']}/{r['prompts']})", f"{r['agreement_with_ar']:.2f}",
+                    f"{r['identical_to_ar']}/{r['prompts']}", f"{r['distinct']}/{r['prompts']}",
                     f"{r['mean_reply_tokens']:.1f}"))
     return out
 

@@ -70,7 +70,8 @@ def _row(name: str, figures: dict, ar: dict | None) -> str:
     versus = f" ({ppl / ar['perplexity_under_ar'] - 1:+.1%})" if ar else ""
     agree = f"{figures['agreement_with_ar']:.2f} | {figures['identical_to_ar']}/{len(PROMPTS)}" if ar else "1.00 | –"
     return (f"| {name} | {figures['tokens_per_forward']:.2f} | {ppl:.2f}{versus} | {agree} | "
-            f"{figures['mean_reply_tokens']:.1f} | {figures['stopped']}/{len(PROMPTS)} | {figures['wall_tok_s']:.0f} |")
+            f"{figures['distinct']}/{len(PROMPTS)} | {figures['mean_reply_tokens']:.1f} | {figures['stopped']}/{len(PROMPTS)} | "
+            f"{figures['wall_tok_s']:.0f} |")
 
 
 def model_card(config: dict, report: dict) -> str:
@@ -115,7 +116,11 @@ def _verdict(shown: dict, ar: dict) -> str:
     met = {True: "met", False: "not met"}
     return (f"Against the goal it is trained for (≥ {GOAL_TOKENS} tokens per forward at τ 0.9, block 8, with output "
             f"perplexity at most {GOAL_RATIO}× that of tiny-chat's own replies): tokens per forward {met[speed >= GOAL_TOKENS]} "
-            f"({speed:.2f}), perplexity {met[ratio <= GOAL_RATIO]} ({ratio:.2f}×).")
+            f"({speed:.2f}), perplexity {met[ratio <= GOAL_RATIO]} ({ratio:.2f}×). tiny-chat's own replies end within "
+            f"{MAX_TOKENS} tokens on {shown['ar_ended']} of the {len(PROMPTS)} prompts; a reply that does not is a "
+            f"repetition loop, which tiny-chat finds easy to predict, and it is the longest: over the prompts where "
+            f"tiny-chat's reply ends, the ratio is {shown['ratio_where_ar_ends']:.2f}×. The commonest reply is given to "
+            f"{shown['most_repeated']} of the {len(PROMPTS)} prompts (tiny-chat's: {ar['most_repeated']}).")
 
 
 def _flags(settings: dict) -> str:
@@ -143,7 +148,7 @@ def _rounds(rounds: list[dict]) -> str:
    the training questions with edgegen (block 8, τ {first['threshold']}, at most {first['max_tokens']} tokens,
    `examples/tiny_bd_self_distill.py`); a reply is kept where it ends at `<|im_end|>` and its perplexity
    under tiny-chat is at most {first['max_ratio']}× that of tiny-chat's own reply to the question, tiny-chat's
-   reply is used otherwise. Then {settings['steps']} steps on those replies from the previous weights
+   reply is used otherwise.{_repeats(rounds)} Then {settings['steps']} steps on those replies from the previous weights
    (`train_tiny_bd.py --init --replies`, certainty weight {settings['certainty']}, the rest as in step 5,
    warm-up and decay again). A model's own replies are the targets it can become confident of
    soonest; the filter keeps them as good as the teacher's. Tokens per forward (block 8, τ 0.9) and
@@ -154,17 +159,42 @@ def _rounds(rounds: list[dict]) -> str:
 """
 
 
+def _repeats(rounds: list[dict]) -> str:
+    """The rounds' sentence on replies dropped as repeats (tiny_bd_self_distill.py --max-repeats)."""
+    limited = [(i, r["replies"]) for i, r in enumerate(rounds, 1) if r["replies"].get("max_repeats")]
+    if not limited:
+        return ""
+    i, data = limited[0]
+    return (f" From round {i} on, a reply the model gives to more than {data['max_repeats']} questions, and to more"
+            f" than tiny-chat gives it to, is not kept either ({data['repeated']:,} in round {i}): the earlier rounds"
+            f" had taught it a few canned replies that tiny-chat finds fluent whatever the question, and the"
+            f" perplexity filter let them through.")
+
+
 def _round_commands(rounds: list[dict]) -> str:
+    """The shell lines of the self-distillation rounds: a loop over each run of rounds made alike."""
+    def flags(r: dict) -> str:
+        data = r["replies"]
+        repeats = f" --max-repeats {data['max_repeats']}" if data.get("max_repeats") else ""
+        return (f"--threshold {data['threshold']}{repeats}", f"{_flags(r['settings'])} --probe-every {r['settings']['steps']}")
+
     if not rounds:
         return ""
-    settings, data = rounds[0]["settings"], rounds[0]["replies"]
-    last = len(rounds)
-    return f"""for r in $(seq 1 {last}); do   # self-distillation rounds
-  python examples/tiny_bd_self_distill.py --model /tmp/tiny_bd_r$((r - 1)) --out /tmp/tiny_bd_self_r$r.jsonl --threshold {data['threshold']}
+    lines, first = [], 1
+    for i in range(1, len(rounds) + 1):
+        if i < len(rounds) and flags(rounds[i]) == flags(rounds[i - 1]):
+            continue
+        answer, train = flags(rounds[i - 1])
+        lines.append(f"""for r in $(seq {first} {i}); do   # self-distillation rounds
+  python examples/tiny_bd_self_distill.py --model /tmp/tiny_bd_r$((r - 1)) --out /tmp/tiny_bd_self_r$r.jsonl {answer}
   python examples/train_tiny_bd.py --init /tmp/tiny_bd_r$((r - 1)) --replies /tmp/tiny_bd_self_r$r.jsonl \\
-      --out /tmp/tiny_bd_r$r --report /tmp/tiny_bd_r$r.json --checkpoint /tmp/tiny_bd_r$r.pt {_flags(settings)} --probe-every {settings['steps']} --no-card
-done
-cp /tmp/tiny_bd_r{last}/* edgegen/_bundled/tiny-chat-bd/ && python examples/tiny_bd_eval.py --report /tmp/tiny_bd_train.json --rounds {' '.join(f'/tmp/tiny_bd_r{i}.json' for i in range(1, last + 1))}
+      --out /tmp/tiny_bd_r$r --report /tmp/tiny_bd_r$r.json --checkpoint /tmp/tiny_bd_r$r.pt {train} --no-card
+done""")
+        first = i + 1
+    last = len(rounds)
+    reports = " ".join(f"/tmp/tiny_bd_r{i}.json" for i in range(1, last + 1))
+    return "\n".join(lines) + f"""
+cp /tmp/tiny_bd_r{last}/* edgegen/_bundled/tiny-chat-bd/ && python examples/tiny_bd_eval.py --report /tmp/tiny_bd_train.json --rounds {reports}
 """
 
 
@@ -234,12 +264,14 @@ every masked token whose probability reaches τ, and at least the most confident
 - **perplexity of output**: the perplexity of the replies under tiny-chat, the autoregressive model
   (teacher-forced after the same prompt), against that of tiny-chat's own greedy replies.
 - **agreement**: share of reply positions holding the same token as tiny-chat's greedy reply;
-  **identical**: replies equal to it token for token.
+  **identical**: replies equal to it token for token; **distinct replies**: how many of the
+  prompts' replies differ from one another (a model that gives one canned reply to many questions
+  can score well on perplexity alone, as tiny-chat finds that reply fluent whatever was asked).
 - **tok/s**: reply tokens over the wall time of prompt + reply, ONNX Runtime on 2 CPU threads, one
   run each (a rough guide; `benchmarks/bench_dllm.py` times both runtimes properly).
 
-| decoder | tokens per forward | perplexity of output | agreement | identical | mean reply tokens | stopped at EOS | tok/s |
-|---|---|---|---|---|---|---|---|
+| decoder | tokens per forward | perplexity of output | agreement | identical | distinct replies | mean reply tokens | stopped at EOS | tok/s |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 {choice}

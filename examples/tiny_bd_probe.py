@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -106,29 +107,39 @@ def greedy_ar(ar_model, prompt: list[int], stops: tuple[int, ...], max_new: int 
 
 
 def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau: float = 0.9,
-          ar_replies: list[list[int]] | None = None) -> dict:
+          ar_replies: list[list[int]] | None = None, max_new: int = 64) -> dict:
     """Tokens per forward and the replies' perplexity under the AR model, against its own greedy
-    replies' (`ar_replies`, computed when not given)."""
+    replies' (`ar_replies`, computed when not given): over all questions, and over those whose AR
+    reply ends within `max_new` tokens (a looping AR reply is easy to predict and long, so it pulls
+    the AR side of the ratio down); how many replies are distinct, and how many questions get the
+    commonest one (a model collapsed onto a canned reply)."""
     stops = stop_ids(tokenizer)
     was_training = model.training
     model.eval()
     prompts = [prompt_ids(tokenizer, q) for q in questions]
     if ar_replies is None:
-        ar_replies = [greedy_ar(ar_model, p, stops) for p in prompts]
+        ar_replies = [greedy_ar(ar_model, p, stops, max_new) for p in prompts]
     tokens = forwards = 0
-    nll = [0.0, 0]
-    ar_nll = [0.0, 0]
+    nll = {"all": [0.0, 0], "ended": [0.0, 0]}
+    ar_nll = {"all": [0.0, 0], "ended": [0.0, 0]}
+    replies = []
     for p, ar in zip(prompts, ar_replies):
-        reply, n = decode(model, p, tokenizer.mask_token_id, stops, block, tau)
+        reply, n = decode(model, p, tokenizer.mask_token_id, stops, block, tau, max_new)
+        replies.append(tuple(reply))
         tokens, forwards = tokens + len(reply), forwards + n
-        a, b = reply_nll(ar_model, p, reply)
-        nll = [nll[0] + a, nll[1] + b]
-        a, b = reply_nll(ar_model, p, ar)
-        ar_nll = [ar_nll[0] + a, ar_nll[1] + b]
+        for sums, ids in ((nll, reply), (ar_nll, ar)):
+            a, b = reply_nll(ar_model, p, ids)
+            for key in ("all", "ended") if len(ar) < max_new else ("all",):
+                sums[key] = [sums[key][0] + a, sums[key][1] + b]
     model.train(was_training)
-    ppl, ar_ppl = math.exp(nll[0] / max(nll[1], 1)), math.exp(ar_nll[0] / max(ar_nll[1], 1))
-    return {"tokens_per_forward": round(tokens / max(forwards, 1), 3), "ppl_under_ar": round(ppl, 3),
-            "ar_ppl": round(ar_ppl, 3), "ppl_ratio": round(ppl / ar_ppl, 3),
+    ppl = {k: math.exp(v[0] / max(v[1], 1)) for k, v in nll.items()}
+    ar_ppl = {k: math.exp(v[0] / max(v[1], 1)) for k, v in ar_nll.items()}
+    return {"tokens_per_forward": round(tokens / max(forwards, 1), 3), "ppl_under_ar": round(ppl["all"], 3),
+            "ar_ppl": round(ar_ppl["all"], 3), "ppl_ratio": round(ppl["all"] / ar_ppl["all"], 3),
+            "ar_ended": sum(len(ar) < max_new for ar in ar_replies),
+            "ratio_where_ar_ends": round(ppl["ended"] / ar_ppl["ended"], 3),
+            "distinct": len(set(replies)), "most_repeated": max(Counter(replies).values(), default=0),
+            "ar_distinct": len({tuple(r) for r in ar_replies}),
             "mean_reply_tokens": round(tokens / len(questions), 1)}
 
 
