@@ -133,16 +133,19 @@ def _rounds(rounds: list[dict]) -> str:
     if not rounds:
         return ""
     first, settings = rounds[0]["replies"], rounds[0]["settings"]
-    rows = ["| after | own replies kept | answering (min × processes) | training (min × threads) | tokens per forward | perplexity ratio |",
-            "|---|---:|---:|---:|---:|---:|"]
-    probe = rounds[0]["start"]["probe"]["heldout"]
-    rows.append(f"| the first training | – | – | – | {probe['tokens_per_forward']:.2f} | {probe['ppl_ratio']:.2f} |")
+    rows = ["| after | own replies kept | answering (min × processes) | training (min × threads) | tokens per forward | "
+            "perplexity ratio | distinct replies (commonest) |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def figures(probe: dict) -> str:
+        distinct = f"{probe['distinct']} ({probe['most_repeated']})" if "distinct" in probe else "–"
+        return f"{probe['tokens_per_forward']:.2f} | {probe['ppl_ratio']:.2f} | {distinct} |"
+
+    rows.append(f"| the first training | – | – | – | {figures(rounds[0]['start']['probe']['heldout'])}")
     for i, r in enumerate(rounds, 1):
-        probe = r["train"]["curve"][-1]["probe"]["heldout"]
         data = r["replies"]
         rows.append(f"| round {i} | {data['own'] / data['replies']:.0%} of {data['replies']:,} | "
                     f"{data['seconds'] / 60:.1f} × {data['workers']} | {r['train']['train_seconds'] / 60:.1f} × "
-                    f"{r['settings']['threads']} | {probe['tokens_per_forward']:.2f} | {probe['ppl_ratio']:.2f} |")
+                    f"{r['settings']['threads']} | {figures(r['train']['curve'][-1]['probe']['heldout'])}")
     return f"""6. **Self-distillation** (dParallel's own data: the model's outputs, kept where they are right;
    here "right" is judged by tiny-chat), {len(rounds)} {"round" if len(rounds) == 1 else "rounds"}. In each, the previous weights answer
    the training questions with edgegen (block 8, τ {first['threshold']}, at most {first['max_tokens']} tokens,
@@ -153,7 +156,8 @@ def _rounds(rounds: list[dict]) -> str:
    warm-up and decay again). A model's own replies are the targets it can become confident of
    soonest; the filter keeps them as good as the teacher's. Tokens per forward (block 8, τ 0.9) and
    the perplexity of the replies under tiny-chat over that of its own, on 48 questions from held-out
-   pages (`examples/tiny_bd_probe.py`, torch, decoding as edgegen does):
+   pages (`examples/tiny_bd_probe.py`, torch, decoding as edgegen does), and how many of the 48
+   replies are distinct (how many questions get the commonest; – where the probe did not record it):
 
 {chr(10).join(rows)}
 """

@@ -140,6 +140,7 @@ def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau:
             "ratio_where_ar_ends": round(ppl["ended"] / ar_ppl["ended"], 3),
             "distinct": len(set(replies)), "most_repeated": max(Counter(replies).values(), default=0),
             "ar_distinct": len({tuple(r) for r in ar_replies}),
+            "ar_most_repeated": max(Counter(map(tuple, ar_replies)).values(), default=0),
             "mean_reply_tokens": round(tokens / len(questions), 1)}
 
 

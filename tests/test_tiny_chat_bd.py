@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,29 @@ def test_at_the_default_threshold_it_commits_several_tokens_per_forward(converte
         reply = model.chat([{"role": "user", "content": prompt}], max_tokens=64, block_size=8, threshold=0.9)
         tokens, forwards = tokens + reply.stats.generated_tokens, forwards + reply.stats.forwards
     assert tokens / forwards >= FLOOR, (tokens, forwards)
+
+
+# The model card's 12 prompts (benchmarks/_dllm_quality.py): eight from held-out pages, four written.
+CARD_PROMPTS = FLOOR_PROMPTS + ("What does asyncio.get_running_loop do?", "What is graphlib.TopologicalSorter for?",
+                                "Describe reprlib.Repr.", "Tell me about Measures of spread.",
+                                "What is xml.etree.ElementTree?", "Tell me about 8.1. The if statement.")
+MOST_REPEATED = 2  # tiny-chat gives 12 distinct replies to them
+
+
+@pytest.mark.xfail(strict=True, reason="issue 26: the shipped weights give one canned reply to 6 of these 12 prompts; "
+                                      "strict, so that weights which pass must drop this mark")
+def test_it_does_not_give_one_canned_reply_to_different_questions(converted):
+    """Distinct questions get distinct replies at the default settings. Self-distillation can teach
+    the model a canned reply that tiny-chat finds fluent whatever was asked: the perplexity proxy
+    (and tokens per forward) then flatter it, so this is checked on its own (issue 26)."""
+    model = edgegen.load(converted)
+    replies = Counter()
+    for prompt in CARD_PROMPTS:
+        model.reset()
+        reply = model.chat([{"role": "user", "content": prompt}], max_tokens=64, block_size=8, threshold=0.9)
+        replies[reply.text] += 1
+    text, count = replies.most_common(1)[0]
+    assert count <= MOST_REPEATED, (count, text)
 
 
 def _examples():
