@@ -120,7 +120,10 @@ def _verdict(shown: dict, ar: dict) -> str:
             f"{MAX_TOKENS} tokens on {shown['ar_ended']} of the {len(PROMPTS)} prompts; a reply that does not is a "
             f"repetition loop, which tiny-chat finds easy to predict, and it is the longest: over the prompts where "
             f"tiny-chat's reply ends, the ratio is {shown['ratio_where_ar_ends']:.2f}×. The commonest reply is given to "
-            f"{shown['most_repeated']} of the {len(PROMPTS)} prompts (tiny-chat's: {ar['most_repeated']}).")
+            f"{shown['most_repeated']} of the {len(PROMPTS)} prompts (tiny-chat's: {ar['most_repeated']})"
+            + (": **the model has collapsed onto a few canned replies**, which flatters both its tokens per forward"
+               " and its perplexity (a canned reply is memorised, and fluent to tiny-chat whatever was asked)."
+               if shown["most_repeated"] > max(2, ar["most_repeated"]) else "."))
 
 
 def _flags(settings: dict) -> str:
