@@ -80,18 +80,15 @@ def agreement(a: list[int], b: list[int]) -> float:
     return sum(x == y for x, y in zip(a, b)) / longest if longest else 1.0
 
 
-def most_repeated(replies: list[Reply]) -> int:
-    """How many prompts get the commonest reply: a model collapsed onto a canned reply that the scorer
-    finds fluent whatever the question scores well on perplexity alone."""
-    return max(Counter(tuple(r.ids) for r in replies).values(), default=0)
-
-
 def summarize(replies: list[Reply], reference: list[Reply] | None, scorer) -> dict:
     """Figures over a prompt set: tokens per forward, speeds, the quality proxy. With a reference
     (the autoregressive model's replies), the perplexity ratio is also given over only the prompts
     whose reference reply ends within MAX_TOKENS: a looping reference reply scores a low perplexity
-    (repetition is easy to predict) and its tokens would otherwise weigh most in the ratio."""
+    (repetition is easy to predict) and its tokens would otherwise weigh most in the ratio. Distinct
+    replies and the commonest one's count show a model collapsed onto a canned reply, which the
+    scorer finds fluent whatever was asked (so perplexity alone does not see it)."""
     tokens = sum(len(r.ids) for r in replies)
+    counts = Counter(tuple(r.ids) for r in replies)
     out = {
         "tokens": tokens,
         "forwards": sum(r.forwards for r in replies),
@@ -101,8 +98,8 @@ def summarize(replies: list[Reply], reference: list[Reply] | None, scorer) -> di
         "mean_reply_tokens": tokens / len(replies),
         "stopped": sum(r.finish == "stop" for r in replies),
         "perplexity_under_ar": perplexity(scorer, replies),
-        "distinct": len({tuple(r.ids) for r in replies}),
-        "most_repeated": most_repeated(replies),
+        "distinct": len(counts),
+        "most_repeated": max(counts.values(), default=0),
     }
     if reference is not None:
         out["agreement_with_ar"] = float(np.mean([agreement(r.ids, a.ids) for r, a in zip(replies, reference)]))

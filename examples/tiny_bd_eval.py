@@ -180,7 +180,7 @@ def _repeats(rounds: list[dict]) -> str:
 
 def _round_commands(rounds: list[dict]) -> str:
     """The shell lines of the self-distillation rounds: a loop over each run of rounds made alike."""
-    def flags(r: dict) -> str:
+    def flags(r: dict) -> tuple[str, str]:  # (tiny_bd_self_distill.py's, train_tiny_bd.py's)
         data = r["replies"]
         repeats = f" --max-repeats {data['max_repeats']}" if data.get("max_repeats") else ""
         return (f"--threshold {data['threshold']}{repeats}", f"{_flags(r['settings'])} --probe-every {r['settings']['steps']}")

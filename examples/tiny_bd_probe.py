@@ -106,6 +106,12 @@ def greedy_ar(ar_model, prompt: list[int], stops: tuple[int, ...], max_new: int 
     return out
 
 
+def variety(replies: list) -> dict:
+    """How many replies are distinct, and how many questions get the commonest one."""
+    counts = Counter(map(tuple, replies))
+    return {"distinct": len(counts), "most_repeated": max(counts.values(), default=0)}
+
+
 def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau: float = 0.9,
           ar_replies: list[list[int]] | None = None, max_new: int = 64) -> dict:
     """Tokens per forward and the replies' perplexity under the AR model, against its own greedy
@@ -125,7 +131,7 @@ def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau:
     replies = []
     for p, ar in zip(prompts, ar_replies):
         reply, n = decode(model, p, tokenizer.mask_token_id, stops, block, tau, max_new)
-        replies.append(tuple(reply))
+        replies.append(reply)
         tokens, forwards = tokens + len(reply), forwards + n
         for sums, ids in ((nll, reply), (ar_nll, ar)):
             a, b = reply_nll(ar_model, p, ids)
@@ -138,9 +144,7 @@ def probe(model, ar_model, tokenizer, questions: list[str], block: int = 8, tau:
             "ar_ppl": round(ar_ppl["all"], 3), "ppl_ratio": round(ppl["all"] / ar_ppl["all"], 3),
             "ar_ended": sum(len(ar) < max_new for ar in ar_replies),
             "ratio_where_ar_ends": round(ppl["ended"] / ar_ppl["ended"], 3),
-            "distinct": len(set(replies)), "most_repeated": max(Counter(replies).values(), default=0),
-            "ar_distinct": len({tuple(r) for r in ar_replies}),
-            "ar_most_repeated": max(Counter(map(tuple, ar_replies)).values(), default=0),
+            **variety(replies), **{f"ar_{k}": v for k, v in variety(ar_replies).items()},
             "mean_reply_tokens": round(tokens / len(questions), 1)}
 
 
