@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,22 +84,32 @@ def test_at_the_default_threshold_it_commits_several_tokens_per_forward(converte
     assert tokens / forwards >= FLOOR, (tokens, forwards)
 
 
-# The model card's 12 prompts (benchmarks/_dllm_quality.py): eight from held-out pages, four written.
-CARD_PROMPTS = FLOOR_PROMPTS + ("What does asyncio.get_running_loop do?", "What is graphlib.TopologicalSorter for?",
-                                "Describe reprlib.Repr.", "Tell me about Measures of spread.",
-                                "What is xml.etree.ElementTree?", "Tell me about 8.1. The if statement.")
-MOST_REPEATED = 2  # tiny-chat gives 12 distinct replies to them
+MOST_REPEATED = 2  # of the model card's 12 prompts, to which tiny-chat gives 12 distinct replies
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26: the shipped weights give one canned reply to 6 of these 12 prompts; "
-                                      "strict, so that weights which pass must drop this mark")
+@contextmanager
+def _importing_from(folder: str):
+    """The repository's `folder` (examples/, benchmarks/) on sys.path for a test's imports."""
+    path = str(Path(__file__).resolve().parents[1] / folder)
+    sys.path.insert(0, path)
+    try:
+        yield
+    finally:
+        sys.path.remove(path)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 26: the shipped weights give one canned reply to 6 of these 12 prompts; "
+                          "strict, so that weights which pass must drop this mark")
 def test_it_does_not_give_one_canned_reply_to_different_questions(converted):
     """Distinct questions get distinct replies at the default settings. Self-distillation can teach
     the model a canned reply that tiny-chat finds fluent whatever was asked: the perplexity proxy
     (and tokens per forward) then flatter it, so this is checked on its own (issue 26)."""
+    with _importing_from("benchmarks"):
+        from _dllm_quality import PROMPTS  # the model card's prompts
     model = edgegen.load(converted)
     replies = Counter()
-    for prompt in CARD_PROMPTS:
+    for prompt in PROMPTS:
         model.reset()
         reply = model.chat([{"role": "user", "content": prompt}], max_tokens=64, block_size=8, threshold=0.9)
         replies[reply.text] += 1
@@ -106,23 +117,13 @@ def test_it_does_not_give_one_canned_reply_to_different_questions(converted):
     assert count <= MOST_REPEATED, (count, text)
 
 
-def _examples():
-    """examples/ on sys.path for the duration of a test's imports."""
-    examples = str(Path(__file__).resolve().parents[1] / "examples")
-    sys.path.insert(0, examples)
-    return examples
-
-
 def test_self_distillation_keeps_own_replies_that_pass_and_drops_canned_ones():
     """tiny_bd_self_distill.choose: a reply of the model's own replaces tiny-chat's where it is at most
     max_ratio× as perplex; one it gives to more questions than max_repeats and than tiny-chat gives
     it to is a collapse onto a canned reply, and tiny-chat's reply is kept instead."""
     pytest.importorskip("transformers")
-    examples = _examples()
-    try:
+    with _importing_from("examples"):
         from tiny_bd_self_distill import ASSISTANT, END, choose
-    finally:
-        sys.path.remove(examples)
     canned = "The following functions are used."
     answers = [{"head": f"q{i} ", "teacher": f"t{i}", "own": canned, "gap": 0.0} for i in range(4)]
     answers += [{"head": "q4 ", "teacher": "t4", "own": "o4", "gap": 0.0},  # passes
@@ -143,13 +144,10 @@ def test_the_training_probe_decodes_as_edgegen_does(converted):
     figures it steers training by are edgegen's only if it commits the same tokens in the same
     number of forwards as edgegen's block-diffusion engine (cached, ONNX)."""
     pytest.importorskip("transformers")
-    examples = _examples()
-    try:
+    with _importing_from("examples"):
         import tiny_bd_probe
         from train_tiny_bd import load_sdar
         from transformers import AutoTokenizer
-    finally:
-        sys.path.remove(examples)
     torch_model, tokenizer = load_sdar(FOLDER), AutoTokenizer.from_pretrained(FOLDER)
     stops = tiny_bd_probe.stop_ids(tokenizer)
     model = edgegen.load(converted)
