@@ -111,11 +111,11 @@ def test_every_layer_has_a_grouped_branch(grouped, variant):
 
 def test_models_get_the_grouped_step_only_where_it_pays(converted):
     from edgegen.converters.onnx.grouped_decode import pays
-    from edgegen.core import registry
+    from edgegen.archs import arch_module
 
     graph = onnx.load(str(converted("qwen2", "onnx") / "model.onnx"), load_external_data=False).graph
     assert not [n for n in graph.node if n.op_type == "If"]  # 2 over 2 heads, 512 tokens: it could not pay
     qwen05b = {"model_type": "qwen2", "hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2,
                "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936,
                "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1e6}
-    assert pays(registry.arch_module("qwen2").parse_config(qwen05b))  # groups of 7 over 32k tokens
+    assert pays(arch_module("qwen2").parse_config(qwen05b))  # groups of 7 over 32k tokens

@@ -96,14 +96,14 @@ def _read_json(path: Path) -> dict | None:
 def _refuse_diffusion(spec: str, hf: dict | None, manifest: dict | None) -> None:
     """A diffusion LLM cannot draft left to right; say so rather than that its tokenizer (with its
     mask token) differs. `manifest`: a converted folder's; `hf`: a checkpoint's config.json."""
-    from edgegen.core import registry
+    from edgegen.archs import arch_module
     from edgegen.core.errors import EdgegenError
 
     if manifest is not None:
         diffusion = manifest.get("family") == "dllm"
     elif hf is not None:
         try:
-            diffusion = registry.arch_module(hf.get("model_type", "")).parse_config(hf).diffusion is not None
+            diffusion = arch_module(hf.get("model_type", "")).parse_config(hf).diffusion is not None
         except (EdgegenError, ValueError, KeyError, TypeError, AttributeError):
             return  # not ours to judge here: loading it says what is wrong
     else:

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import ml_dtypes
 import numpy as np
 
+from edgegen.archs import arch_module
 from edgegen.archs._decoder import DecoderConfig
-from edgegen.core import registry
 from edgegen.core.errors import ConfigError, ConversionError
 from edgegen.tokenizer import has_tokenizer
 
@@ -40,7 +40,7 @@ class Checkpoint:
     def load_weights(self) -> dict[str, np.ndarray]:
         """The tensors under the shared decoder's names; architectures with their own names or
         layout (LLaDA, BD3-LM) map them with their `convert_weights`."""
-        arch = registry.arch_module(self.config.model_type)
+        arch = arch_module(self.config.model_type)
         if hasattr(arch, "convert_weights"):
             raw = {name: array.astype(np.float32) for path in self.weight_files
                    for name, array in _read_safetensors(path) if array.dtype.kind == "f" or array.dtype == ml_dtypes.bfloat16}
@@ -77,7 +77,7 @@ def open_checkpoint(folder: Path) -> Checkpoint:
     if "quantization" in hf and isinstance(hf["quantization"], dict) and "bits" in hf["quantization"]:
         raise ConfigError(f"{folder} is an mlx-lm folder ({hf['quantization'].get('bits')}-bit): edgegen runs it as "
                           "it is (edgegen generate/chat/serve DIR); to convert, start from the original checkpoint")
-    config = registry.arch_module(model_type).parse_config(hf)
+    config = arch_module(model_type).parse_config(hf)
     if not has_tokenizer(folder):
         raise ConfigError(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model); "
                           "copy the tokenizer files next to config.json")

@@ -1,1 +1,2 @@
-"""Backend-free contracts: protocols, the manifest, errors and the registry (numpy + stdlib only)."""
+"""Backend-free contracts: protocols, the manifest and errors (numpy + stdlib only; nothing here
+imports, or finds by name, a module outside `edgegen.core`)."""

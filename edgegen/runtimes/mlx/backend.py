@@ -8,11 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
+from edgegen.archs import arch_module
 from edgegen.archs._decoder import DecoderConfig
-from edgegen.core import registry
 from edgegen.core.errors import BackendUnavailable, ConfigError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
+from edgegen.runtimes.mlx.models import model_module
 
 WEIGHTS = "model.safetensors"
 MX_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -53,7 +54,7 @@ def build_model(config: DecoderConfig, manifest_quant=None):
     """The MLX module for `config`, quantized in structure when `manifest_quant` says so."""
     import mlx.nn as nn
 
-    model = registry.runtime_model_module("mlx", config.model_type).Model(config)
+    model = model_module(config.model_type).Model(config)
     if manifest_quant is not None and manifest_quant.bits:
         nn.quantize(model, group_size=manifest_quant.group_size, bits=manifest_quant.bits,
                     class_predicate=quantize_predicate(manifest_quant.group_size))
@@ -69,7 +70,7 @@ def _mlx_lm_model(config: DecoderConfig, folder: Path, quant):
     weights: dict = {}
     for shard in sorted(folder.glob("*.safetensors")):
         weights.update(mx.load(str(shard)))
-    model = registry.runtime_model_module("mlx", config.model_type).Model(config)
+    model = model_module(config.model_type).Model(config)
     if quant is not None and quant.bits:
         nn.quantize(model, group_size=quant.group_size, bits=quant.bits,
                     class_predicate=lambda path, module: hasattr(module, "to_quantized") and f"{path}.scales" in weights)
@@ -85,7 +86,7 @@ class MLXLanguageModel:
     def __init__(self, folder: Path, manifest: Manifest, device: str | None = None):
         mx = import_mlx()
         self.device = select_device(device)
-        self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.config = arch_module(manifest.architecture).parse_config(manifest.config)
         try:
             if manifest.source.get("layout") == "mlx-lm":
                 self.model = _mlx_lm_model(self.config, folder, manifest.quantization)

@@ -324,10 +324,10 @@ def load(folder: Path, manifest, device: str | None, mode: str, spec: dict) -> "
     ranks need to find the same model themselves (their `loader`, see `follow`)."""
     import json
 
-    from edgegen.core import registry
+    from edgegen.archs import arch_module
 
     ch = channel()
-    config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+    config = arch_module(manifest.architecture).parse_config(manifest.config)
     plan_for(config, mode, 0, ch.size)  # a model that cannot be split so: one line here, before any rank loads
     with ch.lock:
         data = np.frombuffer(json.dumps({**spec, "device": device, "mode": mode}).encode(), np.uint8)
@@ -397,12 +397,12 @@ class ShardedModel:
     def __init__(self, folder: Path, manifest, device: str | None, mode: str, ch: Channel):
         import mlx.core as mx
 
-        from edgegen.core import registry
+        from edgegen.archs import arch_module
         from edgegen.runtimes.mlx.backend import MLXLanguageModel, select_device
 
         self.device = select_device(device)
         self.channel, self.group, self.id = ch, ch.group, len(_models)
-        self.full_config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.full_config = arch_module(manifest.architecture).parse_config(manifest.config)
         self.plan = plan_for(self.full_config, mode, ch.rank, ch.size)
         self.config = self.plan.config
         self.model = load_shard(folder, manifest, self.plan)
@@ -641,13 +641,13 @@ def load_shard(folder: Path, manifest, plan: Plan):
     import mlx.core as mx
     import mlx.nn as nn
 
-    from edgegen.core import registry
+    from edgegen.runtimes.mlx.models import model_module
 
     weights: dict = {}
     files = sorted(folder.glob("*.safetensors"))
     for shard in files:
         weights.update(mx.load(str(shard)))  # lazy: nothing is read until a slice is evaluated
-    model = registry.runtime_model_module("mlx", plan.config.model_type).Model(plan.config)
+    model = model_module(plan.config.model_type).Model(plan.config)
     if plan.mode == "pipeline":
         keep_ends = plan.rank == 0
         if not keep_ends:  # embedding, final norm and head live on rank 0

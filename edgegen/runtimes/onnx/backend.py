@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgegen.core import registry
+from edgegen.archs import arch_module
 from edgegen.core.errors import CapabilityError, ConfigError, InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
@@ -32,7 +32,7 @@ class OnnxLanguageModel:
     def __init__(self, folder: Path, manifest: Manifest, provider: str | None = None,
                  threads: int | None = None, spinning: bool = True):
         self.folder, self.manifest, self.threads, self.spinning = folder, manifest, threads, spinning
-        self.config = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.config = arch_module(manifest.architecture).parse_config(manifest.config)
         self.provider = choose_provider(provider)
         self.vocab_size = self.config.vocab_size
         self.hidden_size = self.config.hidden_size

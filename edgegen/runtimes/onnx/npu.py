@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgegen.core import registry
+from edgegen.archs import arch_module
 from edgegen.core.errors import CapabilityError, ContextOverflow, InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
@@ -30,7 +30,7 @@ class NpuLanguageModel:
         from safetensors.numpy import load_file
 
         self.folder, self.manifest = folder, manifest
-        self.config = c = registry.arch_module(manifest.architecture).parse_config(manifest.config)
+        self.config = c = arch_module(manifest.architecture).parse_config(manifest.config)
         self.vocab_size, self.hidden_size = c.vocab_size, c.hidden_size
         self.capacity, self.chunk = int(manifest.npu["context"]), int(manifest.npu["chunk"])
         self.context_length = self.capacity
