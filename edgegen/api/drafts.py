@@ -1,11 +1,14 @@
 """Draft sources for speculative decoding, resolved and kept per Model (a chat keeps the draft's
-cache across turns)."""
+cache across turns).
+
+The Model hands over itself (as a `DraftHost`) and its `load`, so that nothing here imports
+`api.model`, which imports this."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Callable, Protocol
 
 from edgegen.core.errors import ConfigError
 from edgegen.core.manifest import Manifest
@@ -16,15 +19,20 @@ from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
 from edgegen.models import source_path
 from edgegen.tokenizer import Tokenizer, has_tokenizer
 
-if TYPE_CHECKING:
-    from edgegen.api.model import Model
+class DraftHost(Protocol):
+    """What the drafts need of the Model they draft for."""
+
+    manifest: Manifest
+    tokenizer: Tokenizer
+    load_options: dict[str, Any]  # provider, device, threads: the draft loads as the model did
 
 
 class Drafts:
-    """The drafters a Model has used, kept so that a chat keeps the draft's cache across turns."""
+    """The drafters a Model has used, kept so that a chat keeps the draft's cache across turns.
+    `load` is `edgegen.api.load` (the draft is loaded as any model is)."""
 
-    def __init__(self, model: "Model"):
-        self.model = model
+    def __init__(self, model: DraftHost, load: Callable[..., Any]):
+        self.model, self.load = model, load
         self.cache: dict[tuple, object] = {}
         self.policies: dict[tuple, DraftLength] = {}  # (draft, kv, max_draft, greedy) -> what `auto` learned
 
@@ -54,9 +62,7 @@ class Drafts:
         if model.manifest.target == "npu":  # the draft runs on the host CPU, beside the NPU's verification
             options["provider"] = None
         if spec in ("q4", "q8"):
-            from edgegen.api.model import load
-
-            draft = load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec, _draft=True,
+            draft = self.load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec, _draft=True,
                          **options)
         else:
             local = Path(source_path(spec)).expanduser()
@@ -66,9 +72,7 @@ class Drafts:
                 tokenizer = Tokenizer(local)
                 self._check_vocabulary(spec, tokenizer)
                 _check_embedding(spec, (hf or {}).get("vocab_size"), tokenizer)
-            from edgegen.api.model import load
-
-            draft = load(spec, runtime=model.manifest.runtime, _draft=True, **options)
+            draft = self.load(spec, runtime=model.manifest.runtime, _draft=True, **options)
         if not hasattr(draft, "tokenizer"):
             raise ConfigError(f"the draft {spec!r} is not a language model")
         if draft.manifest.family == "dllm":  # a converted folder or a hub id: known only now

@@ -7,10 +7,12 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from edgegen.api import completion
+from edgegen.api.completion import Completion
 from edgegen.api.drafts import Drafts
 from edgegen.api.text import StopText
 from edgegen.core.data import HELDOUT, bundled_text
@@ -22,16 +24,13 @@ from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeO
 from edgegen.core.outputs import atomic_file
 from edgegen.core.protocols import KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats, ToolCall
-from edgegen.decoding import block_diffusion, speculative
+from edgegen.decoding import block_diffusion, ngram, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
 from edgegen.decoding.perplexity import choose_kv_bits
 from edgegen.decoding.sampling import Sampler
 from edgegen.grammar import constraint_for
 from edgegen.tokenizer import StreamDecoder, Tokenizer
 from edgegen.tools import CallFilter, chat_prompt, tool_format
-
-if TYPE_CHECKING:
-    from edgegen.api.completion import Completion
 
 KV_AUTO_FILE = "kv_auto.json"
 KV_AUTO_TOKENS = 512
@@ -140,8 +139,8 @@ class Model:
         self.backend, self.tokenizer, self.manifest, self.folder = backend, tokenizer, manifest, folder
         self.load_options: dict[str, Any] = {}
         self.session = Session(backend)
-        self._drafts = Drafts(self)
-        self._ngram_fingerprint: str | None = None
+        self._drafts = Drafts(self, load)
+        self._fingerprint: str | None = None
         self._lock = threading.Lock()
         self._owner: int | None = None
 
@@ -196,7 +195,7 @@ class Model:
         return self.tokenizer.encode_chat(messages, **extra)
 
     def complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
-                 **kwargs: Any) -> "Completion":
+                 **kwargs: Any) -> Completion:
         """k completion drafts of `prompt` from one pass (Superposed Decoding): `drafts` (k),
         `ngram` (a store folder, "none", or the model's own), `ngram_weight`, `max_tokens`."""
         last = None
@@ -205,10 +204,8 @@ class Model:
         return last
 
     def stream_complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
-                        **kwargs: Any) -> Iterator["Completion"]:
+                        **kwargs: Any) -> Iterator[Completion]:
         """The drafts after every step, for an app that shows them as they grow."""
-        from edgegen.api import completion
-
         if options is None:
             kwargs.setdefault("max_tokens", 16)  # completions are short
         options = GenerateOptions.from_kwargs(options, **kwargs)
@@ -221,10 +218,19 @@ class Model:
         ids = self._encode(prompt)
         stats = GenerationStats()
         with self._locked():
-            yield from completion.run(self, ids, options, stats)
+            store = completion.store_for(options.superposed.ngram, self.folder, self.backend.vocab_size,
+                                         self._ngram_fingerprint)
+            yield from completion.run(self._session_for(options), self.tokenizer, self.backend.vocab_size, store,
+                                      ids, options, stats)
             self._record_peak(stats)
 
     # ------------------------------------------------------------------ internals
+    def _ngram_fingerprint(self) -> str:
+        """The tokenizer's fingerprint, as n-gram stores record it (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = ngram.fingerprint(self.tokenizer.vocabulary())
+        return self._fingerprint
+
     def _session_for(self, options: GenerateOptions) -> Session:
         """The kept session, made again when `options` ask for another KV-cache precision."""
         kv = self._kv_spec(options)
