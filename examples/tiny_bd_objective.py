@@ -123,6 +123,7 @@ def noisy_batch(x0: torch.Tensor, maskable: torch.Tensor, block_sizes: Sequence[
         "position_ids": torch.arange(length).repeat(3)[None].expand(n, -1),  # (N, 3L)
         "attention_mask": bias,  # (N, 1, 3L, 3L)
         "labels": torch.where(masked, clean, torch.full_like(clean, -100)),  # (N, 2L)
+        "block_sizes": sizes,  # (N,): each window's block size (a shifted loss needs where blocks start)
     }
 
 

@@ -140,9 +140,10 @@ def causal_perplexity(model, windows: torch.Tensor, batch: int = 8) -> float:
 
 # ---------------------------------------------------------------------------- training
 def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor, heldout: torch.Tensor,
-          mask_id: int, args: argparse.Namespace, probe=None) -> dict:
+          mask_id: int, args: argparse.Namespace, probe=None, loss_fn=objective.masked_loss) -> dict:
     """Train in place on the masked block objective; returns the figures and the loss curve.
-    `probe`, when given, is called every --probe-every steps and its figures are kept in the curve."""
+    `probe`, when given, is called every --probe-every steps and its figures are kept in the curve;
+    `loss_fn` is the objective's loss (tiny_bd_shifted.py passes its shifted one)."""
     optimizer = make_optimizer(model, args.lr)
     order = batch_order(len(windows), args.steps, args.batch, args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -164,7 +165,7 @@ def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor
         batch = objective.noisy_batch(windows[order[step]], maskable[order[step]], BLOCK_SIZES, mask_id, generator,
                                       t_min=args.t_min, suffix_share=args.suffix_share)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = objective.masked_loss(model, batch, args.certainty, args.certainty_temperature)
+            loss = loss_fn(model, batch, args.certainty, args.certainty_temperature)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
