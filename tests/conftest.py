@@ -4,6 +4,7 @@ and the Hugging Face hub runs offline against a temporary cache."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def pytest_configure(config):
     socket.create_connection = _refuse
     os.environ["HF_HUB_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "hf-hub-empty")
     os.environ["EDGEGEN_CACHE"] = str(Path(config.rootpath) / ".pytest_cache" / "edgegen-cache")
+    # A suite started in the background by a shell without job control (`pytest … &`, nohup) has
+    # SIGINT ignored, and so would every process it starts; the tests that stop a run as Ctrl-C
+    # does (SIGINT) need the children to get it, as they do under a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _is_loopback(address) -> bool:
