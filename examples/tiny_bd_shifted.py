@@ -7,22 +7,24 @@ shifted (row p − 1 predicts p) and each block's first token read from the prev
 clean row, as the AR model would. edgegen runs this layout as `Fast_dLLM_Qwen` (Qwen2 layers, here
 with zero biases), so a folder saved here converts and decodes with `edgegen` unchanged.
 
-One stage per call; the runs of 2026-12-06 (Intel Xeon, 2 threads, about 1.3-2 s a step):
+One stage per call; the runs of 2026-12-06 (Intel Xeon, 2 threads, 1.1-2 s a step):
 
     B: --replies CHAT EDIT --steps 1000                       from tiny-chat
     C: --init B --replies EDIT --steps 800 --lr 3e-4
     D: --init C --replies COPY --steps 1500
-    E: --init D --replies CHAT EDIT --copy-turns 6000 --steps 2000 --lr 3e-4 --suffix-share 0.5
-    F: --init E (same data as E) --steps 2000 --lr 2e-4 --seed 1
+    E: --init D --replies CHAT3000 EDIT --copy-turns 6000 --steps 2000 --lr 3e-4 --suffix-share 0.5
+    F: --init E --replies CHAT3000 EDIT --copy-turns 6000 --steps 1000 --lr 2e-4 --suffix-share 0.5 --seed 1
 
 CHAT: tiny-chat's greedy replies to the training questions, at most 3 questions per distinct reply
-(tiny_bd_distill.py); EDIT: its replies to tiny_copy_data's edit turns; COPY: those of EDIT whose
-answer is the passage itself; --copy-turns: the copying tasks' own answers (`copy_turns`), which
-copy exactly where tiny-chat's replies copy 0.6-0.7 of their 4-grams. Measure a folder with
-`python examples/tiny_bd_shifted.py --measure FOLDER`: edgegen's own decoder on the edit prompts
-of benchmarks/_spec_prompts.py (block 8, threshold 0.9). The figures are in issue 26's notes.
-The runs assembled their data with scratch scripts in the same way, so a rerun is close to them
-but not bit-identical.
+(tiny_bd_distill.py; CHAT3000: 3,000 of them); EDIT: its replies to tiny_copy_data's edit turns;
+COPY: those of EDIT whose answer is the passage itself; --copy-turns: the copying tasks' own answers
+(`copy_turns`), which copy exactly where tiny-chat's replies copy 0.6-0.7 of their 4-grams. Measure
+a folder with `python examples/tiny_bd_shifted.py --measure FOLDER`: edgegen's own decoder on the
+edit prompts of benchmarks/_spec_prompts.py (block 8, threshold 0.9). B-E ran as a scratch script
+with the same objective (F ran this file), their data assembled the same way, so a rerun comes
+close to them but is not bit-identical. The figures are in issue 26's notes: E and F reach about
+2.1 tokens per forward on those prompts with 0.44-0.48 of the reply's 4-grams copied (tiny-chat:
+0.71) and 5-6 times tiny-chat's perplexity; the copies are right for a few words, then garble.
 """
 
 from __future__ import annotations
