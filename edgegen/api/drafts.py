@@ -19,6 +19,7 @@ from edgegen.decoding.drafters import ModelDrafter, PromptLookupDrafter
 from edgegen.models import source_path
 from edgegen.tokenizer import Tokenizer, has_tokenizer
 
+
 class DraftHost(Protocol):
     """What the drafts need of the Model they draft for."""
 
@@ -62,8 +63,8 @@ class Drafts:
         if model.manifest.target == "npu":  # the draft runs on the host CPU, beside the NPU's verification
             options["provider"] = None
         if spec in ("q4", "q8"):
-            draft = self.load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec, _draft=True,
-                         **options)
+            draft = self.load(_source_of(model.manifest), runtime=model.manifest.runtime, quant=spec,
+                              _draft=True, **options)
         else:
             local = Path(source_path(spec)).expanduser()
             hf = _read_json(local / "config.json")
