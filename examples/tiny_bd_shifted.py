@@ -207,11 +207,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     llama, tokenizer = train_tiny_bd.load_start(train_tiny_bd.START)
     model = load_fast_dllm(args.init) if args.init else to_qwen2(llama, tokenizer)
-    records = [json.loads(line) for line in (args.corpus / "train.jsonl").read_text().splitlines()]
-    random.Random(args.seed).shuffle(records)
+    ordered = [json.loads(line) for line in (args.corpus / "train.jsonl").read_text().splitlines()]
+    records = list(ordered)
+    random.Random(args.seed).shuffle(records)  # as train_tiny_bd.py shuffles them
     chat = [json.loads(line) for path in args.replies for line in path.read_text().splitlines()]
     if args.copy_turns:  # drawn from the corpus in its file order, with a seed of their own
-        ordered = [json.loads(line) for line in (args.corpus / "train.jsonl").read_text().splitlines()]
         chat += copy_turns(ordered, args.copy_turns, COPY_SEED, tokenizer, args.seq_len)
     windows, maskable = objective.training_windows([r for r in records if r["kind"] == "prose"] + chat, tokenizer,
                                                    args.seq_len, args.chat_share, args.seed, pad_to=32)
