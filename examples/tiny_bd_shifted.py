@@ -60,23 +60,16 @@ def to_qwen2(llama: LlamaForCausalLM, tokenizer) -> Qwen2ForCausalLM:
         rope_parameters=dict(c.rope_parameters), tie_word_embeddings=True,
         bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id)
     model = Qwen2ForCausalLM(config).eval()
-    source = llama.state_dict()
-    with torch.no_grad():
-        for name, param in model.state_dict().items():
-            if name == "model.embed_tokens.weight":
-                param[: len(source[name])] = source[name]
-                param[len(source[name]):] = source[name].mean(0)
-            elif name == "lm_head.weight":
-                continue  # tied to the embedding
-            elif name in source:
-                param.copy_(source[name])
-            elif name.endswith(".bias"):
-                param.zero_()
-            else:
-                raise RuntimeError(f"no source for {name}")
-    model.tie_weights()
+    train_tiny_bd.copy_llama_weights(llama, model, _zero_bias)
     model.config.mask_token_id = tokenizer.mask_token_id
     return model
+
+
+def _zero_bias(name: str, param: torch.Tensor) -> bool:
+    if not name.endswith(".bias"):
+        return False
+    param.zero_()
+    return True
 
 
 def shifted_loss(model, batch: dict[str, torch.Tensor], certainty: float = 0.0,

@@ -80,10 +80,10 @@ def qwen3_config(llama, tokenizer, block_size: int) -> Qwen3Config:
     return config
 
 
-def to_qwen3(llama: LlamaForCausalLM, tokenizer, block_size: int) -> Qwen3ForCausalLM:
-    """tiny-chat's weights under Qwen3 names (the names are the same; Qwen3 adds q_norm / k_norm,
-    left at 1 here), with one more embedding row for the mask: the mean embedding."""
-    model = Qwen3ForCausalLM(qwen3_config(llama, tokenizer, block_size)).eval()
+def copy_llama_weights(llama: LlamaForCausalLM, model, fill) -> None:
+    """Copy tiny-chat's weights into `model` by name (the Qwen layouts use Llama's names), with one
+    more embedding row for the mask: the mean embedding. A weight tiny-chat lacks is left to
+    `fill(name, param)`, which returns False where it may not be missing."""
     source = llama.state_dict()
     with torch.no_grad():
         for name, param in model.state_dict().items():
@@ -95,9 +95,16 @@ def to_qwen3(llama: LlamaForCausalLM, tokenizer, block_size: int) -> Qwen3ForCau
                 continue  # tied to the embedding
             elif name in source:
                 param.copy_(source[name])
-            elif not name.endswith(("q_norm.weight", "k_norm.weight")):
+            elif not fill(name, param):
                 raise RuntimeError(f"no source for {name}")
     model.tie_weights()
+
+
+def to_qwen3(llama: LlamaForCausalLM, tokenizer, block_size: int) -> Qwen3ForCausalLM:
+    """tiny-chat's weights under Qwen3 names (the names are the same; Qwen3 adds q_norm / k_norm,
+    left at 1 here), with one more embedding row for the mask: the mean embedding."""
+    model = Qwen3ForCausalLM(qwen3_config(llama, tokenizer, block_size)).eval()
+    copy_llama_weights(llama, model, lambda name, _param: name.endswith(("q_norm.weight", "k_norm.weight")))
     return model
 
 
@@ -140,10 +147,12 @@ def causal_perplexity(model, windows: torch.Tensor, batch: int = 8) -> float:
 
 # ---------------------------------------------------------------------------- training
 def train(model: Qwen3ForCausalLM, windows: torch.Tensor, maskable: torch.Tensor, heldout: torch.Tensor,
-          mask_id: int, args: argparse.Namespace, probe=None, loss_fn=objective.masked_loss) -> dict:
+          mask_id: int, args: argparse.Namespace, probe=None, loss_fn=None) -> dict:
     """Train in place on the masked block objective; returns the figures and the loss curve.
     `probe`, when given, is called every --probe-every steps and its figures are kept in the curve;
-    `loss_fn` is the objective's loss (tiny_bd_shifted.py passes its shifted one)."""
+    `loss_fn` is the objective's loss (tiny_bd_shifted.py passes its shifted one); by default
+    tiny_bd_objective.masked_loss, looked up at the call, so a patched objective is the one trained."""
+    loss_fn = loss_fn or objective.masked_loss
     optimizer = make_optimizer(model, args.lr)
     order = batch_order(len(windows), args.steps, args.batch, args.seed)
     generator = torch.Generator().manual_seed(args.seed)

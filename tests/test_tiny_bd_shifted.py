@@ -1,9 +1,11 @@
 """examples/tiny_bd_shifted.py, the Fast-dLLM v2 layout of issue 26's copy experiments: its start is
 tiny-chat exactly, its shifted loss is tiny-chat's next-token loss where blocks are one token, and
-what it saves edgegen converts as a shifted block-diffusion LLM."""
+what it saves edgegen converts as a shifted block-diffusion LLM; and the two pieces it shares with
+train_tiny_bd.py (the weight copy, the training loop's loss)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -100,3 +102,44 @@ def test_a_saved_stage_converts_as_a_shifted_block_diffusion_llm(recipe, tmp_pat
     assert reply.stats.strategy == "block-diffusion" and tokenizer.mask_token_id not in reply.token_ids
     again = shifted.load_fast_dllm(tmp_path / "hf")
     assert torch.allclose(again.model.embed_tokens.weight, model.model.embed_tokens.weight.half().float())
+
+
+def test_the_sdar_start_holds_tiny_chats_weights_and_a_mean_mask_row(recipe):
+    """train_tiny_bd.to_qwen3 and to_qwen2 share one copy loop: every tiny-chat weight under its own
+    name, the mask's embedding row the mean one, the head tied to it; Qwen3's q/k norms start at 1."""
+    _, _, llama, tokenizer, _ = recipe
+    import train_tiny_bd
+
+    model = train_tiny_bd.to_qwen3(llama, tokenizer, block_size=8)
+    source, target = llama.state_dict(), model.state_dict()
+    embed = target["model.embed_tokens.weight"]
+    assert torch.equal(embed[:-1], source["model.embed_tokens.weight"])
+    assert torch.allclose(embed[-1], source["model.embed_tokens.weight"].mean(0))
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    for name, tensor in source.items():
+        if name not in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(target[name], tensor), name
+    norms = [t for n, t in target.items() if n.endswith(("q_norm.weight", "k_norm.weight"))]
+    assert norms and all(torch.equal(t, torch.ones_like(t)) for t in norms)
+
+
+def test_train_looks_the_default_loss_up_when_it_is_called(recipe, monkeypatch):
+    """A script that patches tiny_bd_objective.masked_loss trains that loss (the default was once
+    bound when train_tiny_bd was imported, so a patch was silently ignored)."""
+    import train_tiny_bd
+
+    _, objective, llama, tokenizer, _ = recipe
+
+    class Called(Exception):
+        pass
+
+    def patched(*_args):
+        raise Called
+
+    monkeypatch.setattr(objective, "masked_loss", patched)
+    x = window(tokenizer)
+    args = argparse.Namespace(lr=1e-4, steps=1, batch=1, seed=0, checkpoint=None, t_min=0.0, suffix_share=0.0,
+                              bf16=False, certainty=0.0, certainty_temperature=1.0)
+    with pytest.raises(Called):
+        train_tiny_bd.train(train_tiny_bd.to_qwen3(llama, tokenizer, 8), x, torch.ones_like(x, dtype=torch.bool),
+                            x, tokenizer.mask_token_id, args)
