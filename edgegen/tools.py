@@ -204,13 +204,13 @@ class CallFilter:
             return self._send(at)
         return self._send(len(self.text) - _partial(self.text, trigger))
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
-        """The text not yet passed on, and the calls."""
+    def finish(self, cut_short: bool = False) -> tuple[str, list[ToolCall]]:
+        """The text not yet passed on, and the calls. `cut_short`: the reply ended at max_tokens, so
+        a call it had begun is unfinished, and is neither text nor a call."""
         if self.held_from is None:
             return self._send(len(self.text)), []
-        tail = self.text[self.held_from:]
-        rest, calls = parse_calls(tail, self.fmt, self.names)
-        if not calls:
+        rest, calls = parse_calls(self.text[self.held_from:], self.fmt, self.names, cut_short)
+        if not calls and not cut_short:  # the reply ended on its own: what did not parse is text
             return self._send(len(self.text)), []
         self.sent = len(self.text)
         return rest, calls
@@ -228,13 +228,15 @@ def _partial(text: str, trigger: str) -> int:
     return 0
 
 
-def parse_calls(text: str, fmt: ToolFormat, names: Iterable[str]) -> tuple[str, list[ToolCall]]:
+def parse_calls(text: str, fmt: ToolFormat, names: Iterable[str],
+                cut_short: bool = False) -> tuple[str, list[ToolCall]]:
     """(the text outside the calls, the calls) of a reply; what does not parse as a call of a known
-    function stays text."""
+    function stays text, except a last call begun but not closed where other calls parsed or the
+    reply was `cut_short` (ended at max_tokens): that is neither text nor a call."""
     known = set(names)
-    if not fmt.open:
+    if not fmt.open:  # a bare JSON call is the whole reply
         call = _call(text.strip(), fmt, known)
-        return ("", [call]) if call else (text, [])
+        return ("", [call]) if call else ("" if cut_short else text, [])
     pattern = re.compile(re.escape(fmt.open.strip()) + r"\s*(.*?)\s*" + re.escape(fmt.close.strip()), re.S)
     calls, kept, last = [], [], 0
     for match in pattern.finditer(text):
@@ -245,10 +247,10 @@ def parse_calls(text: str, fmt: ToolFormat, names: Iterable[str]) -> tuple[str, 
         last = match.end()
         calls.append(call)
     tail = text[last:]
-    if calls and fmt.open.strip() in tail:  # a last call cut short (max_tokens): not text either
+    if (calls or cut_short) and fmt.open.strip() in tail:  # a last call cut short: not text either
         tail = tail[:tail.index(fmt.open.strip())]
     kept.append(tail)
-    return ("".join(kept).strip() if calls else text), calls
+    return ("".join(kept).strip() if calls or cut_short else text), calls
 
 
 def _call(body: str, fmt: ToolFormat, known: set[str]) -> ToolCall | None:

@@ -94,7 +94,10 @@ def test_calls_are_parsed_and_the_rest_is_text():
     rest, calls = parse_calls(text, HERMES, names)
     assert rest == "Let me look." and [(c.name, json.loads(c.arguments)) for c in calls] == [("add", {"a": 1, "b": 2})]
     assert parse_calls('<tool_call>\n{"name": "nope", "arguments": {}}\n</tool_call>', HERMES, names)[1] == []
-    assert parse_calls('<tool_call>\n{"name": "add", "argu', HERMES, names)[1] == []  # cut short: stays text
+    unclosed = 'So: <tool_call>\n{"name": "add", "argu'
+    assert parse_calls(unclosed, HERMES, names) == (unclosed, [])  # the reply ended so: text
+    assert parse_calls(unclosed, HERMES, names, cut_short=True) == ("So:", [])  # max_tokens cut a call: dropped
+    assert parse_calls('{"name": "add", "param', LLAMA_JSON, names, cut_short=True) == ("", [])
     rest, calls = parse_calls('{"name": "add", "parameters": {"a": 1, "b": 2}}', LLAMA_JSON, names)
     assert rest == "" and calls[0].name == "add"
 
@@ -109,6 +112,21 @@ def test_the_stream_holds_back_only_what_may_be_a_call(step):
     plain = CallFilter(HERMES, ["add"])
     shown = "".join(plain.push(c) for c in "a <tool_ca")
     assert shown == "a " and plain.finish() == ("<tool_ca", [])
+    cut = CallFilter(HERMES, ["add"])
+    shown = "".join(cut.push(c) for c in 'a <tool_call>\n{"name": "add", "arg')
+    assert shown == "a " and cut.finish(cut_short=True) == ("", [])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_short_by_max_tokens_is_neither_text_nor_a_call(onnx_model, stream):
+    """structured-output.md's promise: a reply whose only call max_tokens cut short shows no markup."""
+    if stream:
+        pieces = list(onnx_model.stream_chat(ASK, tools=TOOLS, tool_choice="required", max_tokens=8))
+        assert pieces == [] or "".join(pieces).strip() == ""
+        return
+    reply = onnx_model.chat(ASK, tools=TOOLS, tool_choice="required", max_tokens=8)
+    assert reply.stats.finish_reason == "length" and reply.stats.generated_tokens == 8
+    assert reply.text == "" and reply.tool_calls == []
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -230,6 +248,8 @@ def test_tool_calls_through_the_openai_client(client, loopback):
     answer = client.chat.completions.create(model="m", messages=history, tools=TOOLS, tool_choice="none",
                                             max_tokens=8)
     assert answer.choices[0].message.tool_calls is None and answer.choices[0].finish_reason in ("stop", "length")
+    cut = client.chat.completions.create(model="m", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=6)
+    assert cut.choices[0].finish_reason == "length" and not cut.choices[0].message.content  # no markup
 
 
 def test_bad_tool_requests_are_400(client, loopback):

@@ -274,7 +274,7 @@ class Model:
                 if piece:
                     yield piece
             tail = calls.push(text.push(decoder.flush(), final=True))
-            rest, stats.tool_calls = calls.finish()
+            rest, stats.tool_calls = calls.finish(cut_short=stats.finish_reason == "length")
             if stats.tool_calls:
                 stats.finish_reason = "tool_calls"
             if tail + rest:
@@ -408,7 +408,7 @@ class _PassThrough:
     def push(self, piece: str) -> str:
         return piece
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
+    def finish(self, cut_short: bool = False) -> tuple[str, list[ToolCall]]:
         return "", []
 
 
