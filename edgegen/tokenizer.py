@@ -127,6 +127,13 @@ class Tokenizer:
         engine sees a SentencePiece vocabulary."""
         return self._backend.token_bytes()
 
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for, alone: part of a character for a byte token (where
+        `decode([token])` gives U+FFFD), a special token's name; b"" for an id past the vocabulary."""
+        if not 0 <= token < self.vocab_size:
+            return b""
+        return self._backend.piece(token)
+
     def apply_chat_template(self, messages: Iterable[dict[str, Any]], *, add_generation_prompt: bool = True,
                             **kwargs: Any) -> str:
         """The prompt string for `messages`, equal to transformers' `apply_chat_template(tokenize=False)`."""
@@ -234,6 +241,7 @@ class _HFTokenizers:
             self.tok = _Tok.from_file(str(path))
         except Exception as exc:  # the library raises a bare Exception on malformed files
             raise ConfigError(f"{path} could not be read as a tokenizer ({exc})") from None
+        self._bytes = None  # llguidance's view of the vocabulary, made when a token's bytes are first asked
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
@@ -249,6 +257,13 @@ class _HFTokenizers:
 
     def decode(self, ids: list[int], skip: bool) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip)
+
+    def piece(self, token: int) -> bytes:
+        if self._bytes is None:  # llguidance reads every decoder tokenizers has (byte-level, byte fallback)
+            import llguidance
+
+            self._bytes = llguidance.LLTokenizer(self.tok.to_str(), n_vocab=self.vocab_size())
+        return self._bytes.decode_bytes([token])
 
 
 class _SentencePiece:
@@ -293,17 +308,17 @@ class _SentencePiece:
         return ids
 
     def token_bytes(self) -> tuple[list[bytes], list[int]]:
-        pieces, special = [], []
-        for i in range(self.sp.GetPieceSize()):
-            piece = self.sp.IdToPiece(i)
-            if self.sp.IsControl(i) or self.sp.IsUnknown(i):
-                pieces.append(b"")
-                special.append(i)
-            elif self.sp.IsByte(i):
-                pieces.append(bytes([int(piece[3:5], 16)]))  # <0xNN>
-            else:
-                pieces.append(piece.replace("\u2581", " ").encode("utf-8"))
-        return pieces, special
+        special = [i for i in range(self.sp.GetPieceSize()) if self.sp.IsControl(i) or self.sp.IsUnknown(i)]
+        skip = set(special)
+        return [b"" if i in skip else self.piece(i) for i in range(self.sp.GetPieceSize())], special
+
+    def piece(self, token: int) -> bytes:
+        piece = self.sp.IdToPiece(token)
+        if self.sp.IsByte(token):
+            return bytes([int(piece[3:5], 16)])  # <0xNN>
+        if self.sp.IsControl(token) or self.sp.IsUnknown(token):
+            return piece.encode("utf-8")
+        return piece.replace("\u2581", " ").encode("utf-8")
 
     def decode(self, ids: list[int], skip: bool) -> str:
         if skip:

@@ -78,6 +78,7 @@ def test_streamed_chat_equals_the_whole_reply(client):
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all("usage" in c.model_fields_set and c.usage is None for c in chunks[:-1])  # null, as OpenAI sends
 
 
 def test_completions_equal_edgegen_generate_raw(client):
@@ -94,6 +95,9 @@ def test_max_tokens_stop_and_n(client):
     long = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}],
                                           max_tokens=6, extra_body={"ignore_eos": True})
     assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 6
+    newer = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}], max_tokens=9,
+                                           max_completion_tokens=5, extra_body={"ignore_eos": True})
+    assert newer.usage.completion_tokens == 5  # OpenAI's newer name wins
     full = client.completions.create(model="m", prompt="Python", max_tokens=24, extra_body={"ignore_eos": True})
     text = full.choices[0].text
     stop = text[4:7]

@@ -262,3 +262,69 @@ def test_logprobs_through_the_openai_client(client, loopback):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="m", messages=ASK, max_tokens=2, response_format={"type": "xml"})
     assert err.value.body["param"] == "response_format"
+
+
+def test_each_streamed_chunk_carries_its_own_tokens_logprobs(client, loopback):
+    """A chunk's logprobs are those of the tokens whose text it carries, however fast the worker
+    runs ahead (they were once read from the live list as the chunk went out), and a streamed
+    completion's text_offset counts on across chunks as in the whole response."""
+    for _ in range(3):
+        chunks = [c for c in client.chat.completions.create(model="m", messages=ASK, max_tokens=60, logprobs=True,
+                                                            stream=True, temperature=0.9, seed=3) if c.choices]
+        for c in chunks:
+            given = c.choices[0].logprobs.content if c.choices[0].logprobs else []
+            assert "".join(t.token for t in given) == (c.choices[0].delta.content or ""), c
+    whole = client.completions.create(model="m", prompt="The json module", max_tokens=40, logprobs=1)
+    streamed = client.completions.create(model="m", prompt="The json module", max_tokens=40, logprobs=1, stream=True)
+    offsets = [o for c in streamed if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert offsets == whole.choices[0].logprobs.text_offset
+    text = whole.choices[0].text
+    assert [text[o:].startswith(t) for o, t in zip(offsets, whole.choices[0].logprobs.tokens)] == [True] * 40
+
+
+def test_logprobs_give_a_split_characters_own_bytes(client, loopback):
+    """tiny-chat writes é as two byte tokens: each one's bytes are its own (not U+FFFD's), its token
+    text escapes the lone byte, so the two stay distinct keys in a completion's top_logprobs."""
+    reply = client.chat.completions.create(model="m", messages=ASK, max_tokens=4, logprobs=True, top_logprobs=2,
+                                           extra_body={"regex": "é"})
+    content = reply.choices[0].logprobs.content
+    assert reply.choices[0].message.content == "é"
+    assert [c.bytes for c in content] == [[0xC3], [0xA9]] and [c.token for c in content] == ["\\xc3", "\\xa9"]
+    done = client.completions.create(model="m", prompt="Caf", max_tokens=4, logprobs=1, extra_body={"regex": "é"})
+    assert done.choices[0].logprobs.tokens == ["\\xc3", "\\xa9"] and done.choices[0].logprobs.text_offset == [0, 0]
+
+
+def test_logprobs_stop_where_the_text_does(onnx_model):
+    """A stop string cuts the text, and the tokens after the cut are not given either."""
+    free = onnx_model.chat(ASK, max_tokens=24, logprobs=0)
+    words = free.text.split(" ")
+    assert len(words) > 4
+    stop = " " + words[3]
+    cut = onnx_model.chat(ASK, max_tokens=24, logprobs=0, stop=[stop])
+    assert cut.text == free.text[:free.text.index(stop)] and cut.stats.finish_reason == "stop"
+    pieces = b"".join(onnx_model.tokenizer.piece(e.token) for e in cut.stats.logprobs).decode()
+    assert pieces.lstrip() == cut.text.lstrip()  # (a reply's first word loses its space in the text)
+    assert len(cut.stats.logprobs) < cut.stats.generated_tokens
+
+
+def test_a_tokens_logprob_waits_while_its_text_may_start_a_stop_string():
+    """TokenGate beside StopText: held-back text holds its tokens back; at a stop string, the
+    tokens whose text begins before the cut are given and the rest are not."""
+    from edgegen.api.text import StopText, TokenGate
+
+    def run(tokens: list[str], stops: list[str]) -> list[tuple[str, list[str]]]:
+        given: list[str] = []
+        text, gate, out = StopText(stops), TokenGate(given), []
+        for token in tokens:
+            shown = text.push(token)
+            gate.push(token, len(token), len(shown))
+            out.append((shown, list(given)))
+            if text.hit:
+                break
+        gate.finish(0, len(text.push("", final=True)), cut=text.hit)
+        return out + [("", given)]
+
+    assert run(["x", "a", "c"], ["ab"]) == [("x", ["x"]), ("", ["x"]), ("ac", ["x", "a", "c"]), ("", ["x", "a", "c"])]
+    assert run(["x", "a", "b", "y"], ["ab"]) == [("x", ["x"]), ("", ["x"]), ("", ["x"]), ("", ["x"])]
+    assert run(["x", "ya", "b"], ["ab"]) == [("x", ["x"]), ("y", ["x"]), ("", ["x"]), ("", ["x", "ya"])]  # straddles
+    assert run(["x", "a"], ["ab"])[-1] == ("", ["x", "a"])  # the held text ends the reply: given

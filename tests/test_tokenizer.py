@@ -116,3 +116,20 @@ def test_encoding_in_chunks_equals_encoding_the_whole_text(sentencepiece_folder,
         assert len(chunks) > 3
         assert [i for c in chunks for i in c] == tok.encode(STREAM_TEXT, add_special_tokens=special)
     assert list(tok.encode_stream([])) == tok.encode("")
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "byte-fallback", "tokenizer.model"])
+def test_each_tokens_bytes_join_to_the_texts_bytes(folder, sentencepiece_folder, kind):
+    """Tokenizer.piece: what log-probabilities show for one token, a byte of a character included
+    (where decoding the token alone gives U+FFFD); a special token's piece is its name."""
+    tok = Tokenizer({"byte-level": folder, "byte-fallback": BUNDLED / "tiny-chat",
+                     "tokenizer.model": sentencepiece_folder}[kind])
+    text = "Ünïcödé — ☃ 日本語 🙂 and plain words"
+    ids = tok.encode(text, add_special_tokens=False)
+    pieces = [tok.piece(i) for i in ids]
+    assert b"".join(pieces).decode("utf-8") in (text, " " + text)  # SentencePiece's dummy-prefix space
+    if kind != "tokenizer.model":  # the tiny SentencePiece model knows too few characters to split one
+        assert any(len(p) == 1 and p[0] >= 0x80 for p in pieces)
+    eos = tok.eos_token_ids[0]
+    assert tok.piece(eos).decode() == {i: t for t, i in tok.vocabulary().items()}[eos]  # e.g. </s>
+    assert tok.piece(tok.vocab_size) == b""

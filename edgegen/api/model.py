@@ -14,7 +14,7 @@ import numpy as np
 from edgegen.api import completion
 from edgegen.api.completion import Completion
 from edgegen.api.drafts import Drafts
-from edgegen.api.text import StopText
+from edgegen.api.text import StopText, TokenGate
 from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError, EdgegenError
@@ -263,17 +263,24 @@ class Model:
         decoder = StreamDecoder(self.tokenizer)
         text = StopText(list(options.stop))
         calls = self._call_filter(options)
+        gate = TokenGate(stats.logprobs) if options.output.logprobs is not None else None
         tokens = self._tokens(ids, options, sampler, stats, lambda _: text.hit)
         try:
-            for token in tokens:
+            for n, token in enumerate(tokens):
                 if token_sink is not None:
                     token_sink.append(token)
-                if options.output.logprobs is not None:
-                    stats.logprobs.append(sampler.decided[len(ids) + len(stats.logprobs)])
-                piece = calls.push(text.push(decoder.push(token)))
+                decoded = decoder.push(token)
+                shown = text.push(decoded)
+                if gate is not None:
+                    gate.push(sampler.decided[len(ids) + n], len(decoded), len(shown))
+                piece = calls.push(shown)
                 if piece:
                     yield piece
-            tail = calls.push(text.push(decoder.flush(), final=True))
+            decoded = decoder.flush()
+            shown = text.push(decoded, final=True)
+            if gate is not None:
+                gate.finish(len(decoded), len(shown), cut=text.hit)
+            tail = calls.push(shown)
             rest, stats.tool_calls = calls.finish(cut_short=stats.finish_reason == "length")
             if stats.tool_calls:
                 stats.finish_reason = "tool_calls"

@@ -1,6 +1,10 @@
-"""Stop strings over streamed text: hold back what might start one, cut at the first."""
+"""Stop strings over streamed text: hold back what might start one, cut at the first; and the
+tokens' log-probabilities, let out as the text they make is."""
 
 from __future__ import annotations
+
+import collections
+from typing import Any
 
 
 class StopText:
@@ -31,3 +35,30 @@ def _overlap(text: str, stop: str) -> int:
         if stop.startswith(text[-n:]):
             return n
     return 0
+
+
+class TokenGate:
+    """Lets each token's log-probability into `out` once the reply shows the token's text, so that
+    a stream's chunk carries the tokens of its own text, and the tokens past a stop string, cut from
+    the text, are not given. `push` takes the characters a token added to the decoded text and
+    those the reply showed after it (a stop string's possible start is held back)."""
+
+    def __init__(self, out: list[Any]):
+        self.out = out
+        self.waiting: collections.deque[tuple[int, int, Any]] = collections.deque()  # (start, end, entry)
+        self.decoded = self.shown = 0
+
+    def push(self, entry: Any, decoded: int, shown: int) -> None:
+        self.waiting.append((self.decoded, self.decoded + decoded, entry))
+        self.decoded += decoded
+        self.shown += shown
+        while self.waiting and self.waiting[0][0] < self.shown and self.waiting[0][1] <= self.shown:
+            self.out.append(self.waiting.popleft()[2])
+
+    def finish(self, decoded: int, shown: int, cut: bool) -> None:
+        """The last text (`cut`: a stop string ended the reply); a token whose text begins before
+        the cut is given, one after it is not."""
+        self.decoded += decoded
+        self.shown += shown
+        self.out.extend(entry for start, _, entry in self.waiting if not cut or start < self.shown)
+        self.waiting.clear()

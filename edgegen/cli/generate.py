@@ -156,7 +156,7 @@ def load_text_model(model: str | None, provider: str | None = None, **kwargs):
 def logprobs_json(tokenizer, logprobs) -> list[dict[str, Any]]:
     """Per generated token: its text, id, log-probability and the alternatives (`--json`)."""
     def text(i: int) -> str:
-        return tokenizer.decode([i], skip_special_tokens=False)
+        return tokenizer.piece(i).decode("utf-8", errors="backslashreplace")
 
     return [{"token": text(lp.token), "id": lp.token, "logprob": round(lp.logprob, 6),
              "top_logprobs": [{"token": text(t), "id": t, "logprob": round(v, 6)} for t, v in lp.top]}

@@ -7,6 +7,7 @@ generation becomes a response body or a stream of chunks.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import secrets
 import time
@@ -64,12 +65,15 @@ def parse_request(body: Any, *, chat: bool, defaults: GenerateOptions) -> Reques
     if not isinstance(stream_options, dict):
         raise bad("stream_options must be an object", "stream_options")
     include_usage = _flag(stream_options, "include_usage", "stream_options.include_usage")
+    if "stream_options" in body and not stream:  # as OpenAI answers
+        raise bad("stream_options is only allowed when stream is true", "stream_options")
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or n != 1:
         raise bad(f"n must be 1 (edgegen returns one choice per request), got {n!r}", "n")
     prompt = parse_messages(body.get("messages")) if chat else parse_prompt(body.get("prompt"))
-    if chat and "max_completion_tokens" in body and "max_tokens" not in body:
-        body["max_tokens"] = body["max_completion_tokens"]
+    renamed = chat and "max_completion_tokens" in body
+    if renamed:  # OpenAI's newer name; it wins over max_tokens, as in vLLM
+        body["max_tokens"] = body.pop("max_completion_tokens")
     known = CHAT_FIELDS if chat else COMPLETION_FIELDS
     if not chat and any(name in body for name in TOOL_FIELDS):
         raise bad("tools are offered on /v1/chat/completions, where the chat template can show them to the model",
@@ -80,9 +84,14 @@ def parse_request(body: Any, *, chat: bool, defaults: GenerateOptions) -> Reques
     logprobs = _logprobs(body, chat)
     if logprobs is not None:
         given["logprobs"] = logprobs
-    options = build_options(defaults, given)
+    try:
+        options = build_options(defaults, given)
+    except ApiError as exc:
+        if renamed and exc.param == "max_tokens":  # the field as the request named it
+            raise bad(str(exc).replace("max_tokens", "max_completion_tokens"), "max_completion_tokens") from None
+        raise
     ignored = sorted(k for k, v in body.items() if k not in known and k not in option_names and _set(v))
-    return Request(chat, prompt, options, stream, include_usage and stream, ignored)
+    return Request(chat, prompt, options, stream, include_usage, ignored)
 
 
 def _response_format(value: Any) -> dict[str, Any]:
@@ -217,32 +226,42 @@ def finish_reason(stats: GenerationStats) -> str:
 class Shaper:
     """Builds the bodies of one response (same id, creation time and model in every chunk)."""
 
-    def __init__(self, request: Request, model_id: str, prompt_len: int, token_text: Any = None):
+    def __init__(self, request: Request, model_id: str, prompt_len: int, token_bytes: Any = None):
         self.request, self.model_id, self.prompt_len = request, model_id, prompt_len
         self.id, self.created = new_id(request.chat), int(time.time())
-        self.token_text = token_text  # id -> its text, for log-probabilities
+        self.token_bytes = token_bytes  # id -> the bytes it stands for, for log-probabilities
         self.sent = 0  # log-probabilities already streamed
+        self.offset, self.utf8 = 0, codecs.getincrementaldecoder("utf-8")("replace")  # text_offset's count
 
     def logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
-        """OpenAI's logprobs object for `entries` (None when the request did not ask)."""
+        """OpenAI's logprobs object for `entries` (None when the request did not ask). A token's
+        `bytes` are its own (one byte of a character split over tokens included) and `token` is
+        their text, with a byte that is not whole UTF-8 written as an escape (\\xc3), so that distinct
+        tokens stay distinct. `text_offset` counts characters from the reply's start, across chunks."""
         if self.request.options.output.logprobs is None:
             return None
-        text = self.token_text
+        raw = self.token_bytes
+
+        def text(token: int) -> str:
+            return raw(token).decode("utf-8", errors="backslashreplace")
+
         if self.request.chat:
             def item(token: int, value: float) -> dict[str, Any]:
-                piece = text(token)
-                return {"token": piece, "logprob": value, "bytes": list(piece.encode("utf-8"))}
+                return {"token": text(token), "logprob": value, "bytes": list(raw(token))}
 
             return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
                                 for e in entries], "refusal": None}
-        pieces = [text(e.token) for e in entries]
-        offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
-        return {"tokens": pieces, "token_logprobs": [e.logprob for e in entries],
+        offsets = []
+        for e in entries:  # a token that ends a character split over tokens starts where it starts
+            offsets.append(self.offset)
+            self.offset += len(self.utf8.decode(raw(e.token)))
+        return {"tokens": [text(e.token) for e in entries], "token_logprobs": [e.logprob for e in entries],
                 "top_logprobs": [{text(t): v for t, v in e.top} for e in entries], "text_offset": offsets}
 
-    def fresh(self, stats: GenerationStats) -> list[TokenLogprob]:
-        """The log-probabilities decided since the last chunk."""
-        entries = stats.logprobs[self.sent:]
+    def fresh(self, stats: GenerationStats, upto: int | None = None) -> list[TokenLogprob]:
+        """The log-probabilities given since the last chunk (up to the `upto`th: those that came
+        with the chunk's text; the generation may have decided more by the time it is sent)."""
+        entries = stats.logprobs[self.sent:upto]
         self.sent += len(entries)
         return entries
 
@@ -251,8 +270,11 @@ class Shaper:
             kind = "chat.completion.chunk" if stream else "chat.completion"
         else:
             kind = "text_completion"
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
-                "system_fingerprint": "edgegen", "choices": choices}
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model_id,
+               "system_fingerprint": "edgegen", "choices": choices}
+        if stream and self.request.include_usage:  # OpenAI: null in every chunk but the usage chunk
+            out["usage"] = None
+        return out
 
     def response(self, text: str, stats: GenerationStats) -> dict[str, Any]:
         """The whole (non-streaming) response, with edgegen's `timing` beside OpenAI's `usage`."""

@@ -47,14 +47,16 @@ class Job:
         self.cancelled.set()
 
     def emit(self, kind: str, value: Any = None) -> None:
-        """From the worker thread: queue ("piece", text), ("error", ApiError) or ("done", None)."""
+        """From the worker thread: queue ("piece", (text, n)), ("error", ApiError) or ("done", None);
+        n counts the log-probabilities decided with the text (the generation goes on adding more)."""
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, (kind, value))
         except RuntimeError:  # the event loop is gone (server shutting down): nobody listens
             self.cancel()
 
-    async def events(self) -> AsyncIterator[str]:
-        """The text pieces, in order; ends when the generation does, raises its error if any."""
+    async def events(self) -> AsyncIterator[tuple[str, int]]:
+        """The text pieces, each with the count of log-probabilities given up to it, in order; ends
+        when the generation does, raises its error if any."""
         while True:
             kind, value = await self._events.get()
             if kind == "piece":
@@ -130,7 +132,7 @@ class Worker:
         stream = job.pieces
         try:
             for piece in _until_cancelled(stream, job):
-                job.emit("piece", piece)
+                job.emit("piece", (piece, len(job.stats.logprobs)))
             job.emit(*(("error", closing()) if self.closed else ("done",)))
         except EdgegenError as exc:
             status = 400 if isinstance(exc, (ConfigError, ContextOverflow)) else 503 if isinstance(exc, OutOfMemory) \

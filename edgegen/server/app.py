@@ -82,8 +82,8 @@ class Service:
                       "shorten it", param, "context_length_exceeded")
         return ids
 
-    def token_text(self, token: int) -> str:
-        return self.model.tokenizer.decode([token], skip_special_tokens=False)
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.tokenizer.piece(token)
 
     def model_card(self) -> dict[str, Any]:
         manifest = self.model.manifest
@@ -174,7 +174,7 @@ async def _generate(http: HttpRequest, *, chat: bool) -> Response:
         return error(exc)
     except ClientDisconnect:  # left while sending its body
         return Response(status_code=499)
-    shaper = Shaper(request, service.model_id, len(ids), service.token_text)
+    shaper = Shaper(request, service.model_id, len(ids), service.token_bytes)
     headers = _warning(request.ignored)
     if request.stream:
         return EventStream(_events(job, shaper), headers={**headers, "Cache-Control": "no-cache"})
@@ -245,8 +245,8 @@ async def _events(job: Job, shaper: Shaper) -> AsyncIterator[bytes]:
     try:
         if shaper.request.chat:
             yield sse(shaper.chunk(role=True))
-        async for piece in job.events():
-            yield sse(shaper.chunk(piece, tokens=shaper.fresh(job.stats)))
+        async for piece, given in job.events():
+            yield sse(shaper.chunk(piece, tokens=shaper.fresh(job.stats, given)))
         calls = shaper.calls_chunk(job.stats)
         if calls is not None:
             yield sse(calls)
@@ -269,7 +269,7 @@ async def _collect(job: Job, http: HttpRequest) -> str:
     pieces: list[str] = []
 
     async def gather() -> None:
-        async for piece in job.events():
+        async for piece, _ in job.events():
             pieces.append(piece)
 
     gathering = asyncio.ensure_future(gather())
