@@ -88,10 +88,12 @@ class ImageModel:
         """`n` images of each class in `classes` (ids or names), run in batches (`batch_size`,
         default: as many as fit, at most MAX_BATCH) and returned together. For more images than
         memory holds at once, iterate `generate_batches` instead."""
-        ids = self._class_ids(classes, n)
+        labels = self._labels(classes, n)
         side = self.image_size
-        check_fits(len(ids) * (side * side * 3 + 8 * self.config.num_tokens), f"{len(ids):,} images at once",
+        check_fits(len(labels) * n * (side * side * 3 + 8 * self.config.num_tokens),
+                   f"{len(labels) * n:,} images at once",
                    "iterate model.generate_batches(...) (or `edgegen image`, which writes each batch as it ends)")
+        ids = [label for label in labels for _ in range(n)]
         parts = list(self.generate_batches(classes, n=n, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                                            on_scale=on_scale, batch_size=batch_size))
         timing = ScaleTiming([sum(t) for t in zip(*(p.timing.scales for p in parts))],
@@ -105,18 +107,19 @@ class ImageModel:
                          on_scale: OnScale | None = None, batch_size: int | None = None) -> Iterator[ImageGeneration]:
         """The images of `generate`, one batch at a time, so memory holds one batch whatever `n`.
         With a seed, image i is the same whatever the batch size (it draws from (seed, i))."""
-        ids = self._class_ids(classes, n)
+        labels = self._labels(classes, n)  # image i is of class labels[i // n]: no list of every image
         sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), seed=seed).validated()
         if sampling.seed is None:  # one seed for the whole run, so its images never repeat across batches
             sampling = dataclasses.replace(sampling, seed=int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
-        size = self.batch_size(len(ids), sampling.cfg > 0, batch_size)
-        for first in range(0, len(ids), size):
+        count = len(labels) * n
+        size = self.batch_size(count, sampling.cfg > 0, batch_size)
+        for first in range(0, count, size):
+            ids = [labels[i // n] for i in range(first, min(first + size, count))]
             timing = ScaleTiming()
             with self._lock:
-                images, tokens = generate_scales(self.model, ids[first:first + size], sampling, on_scale, timing,
-                                                 first_image=first)
+                images, tokens = generate_scales(self.model, ids, sampling, on_scale, timing, first_image=first)
             pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-            yield ImageGeneration(pixels, ids[first:first + size], tokens, timing, sampling)
+            yield ImageGeneration(pixels, ids, tokens, timing, sampling)
 
     def batch_size(self, count: int, guided: bool = True, wanted: int | None = None) -> int:
         """Images per batch: `wanted`, or as many as half the available memory holds (at most
@@ -131,11 +134,12 @@ class ImageModel:
                    "give a smaller batch size" if size > 1 else "close other programs or use a smaller model")
         return size
 
-    def _class_ids(self, classes: int | str | Sequence[int | str], n: int) -> list[int]:
+    def _labels(self, classes: int | str | Sequence[int | str], n: int) -> list[int]:
+        """The class ids asked for, each once (`n` images of each are made)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be a positive number of images, not {n!r}")
         labels = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
-        return [self.class_id(label) for label in labels for _ in range(n)]
+        return [self.class_id(label) for label in labels]
 
     def generate_tokens(self, classes: Sequence[int], tokens: Sequence[np.ndarray], cfg: float = 4.0):
         """Run the scales with the given tokens (no sampling): (guided logits per scale, images in

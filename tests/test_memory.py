@@ -178,6 +178,36 @@ def test_an_interrupted_image_run_keeps_its_finished_files(tmp_path):
     assert numbers == list(range(1, len(files) + 1))  # in order, none missing, no temporary file left
 
 
+def test_a_billion_images_start_at_once_in_bounded_memory(tmp_path):
+    """-n 10⁹ under the address-space limit: the first files come as soon as -n 1 would (nothing
+    is made per image beforehand: the paths, their checks and the class list used to be, 2 GB
+    and 20 s for 10⁹ before the first image); Ctrl-C keeps them."""
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgegen", "image", "-c", "4", "-n", "1000000000", "--batch-size",
+                             "4", "-o", str(tmp_path / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=cap)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("x-*.png"))) < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert len(list(tmp_path.glob("x-*.png"))) >= 4
+
+
+def test_numbered_images_that_exist_are_refused_before_any_work(tmp_path):
+    (tmp_path / "x-3.png").write_text("not ours")
+    (tmp_path / "x-9.png").write_text("past -n: not in the way")
+    result = CliRunner().invoke(main, ["image", "-c", "1", "-n", "5", "-o", str(tmp_path / "x.png")])
+    assert_one_line(result, "x-3.png already exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-3.png", "x-9.png"]
+
+
 @pytest.fixture
 def little_memory(monkeypatch):
     """As if the system had 4 MiB available."""

@@ -166,3 +166,35 @@ def test_sigterm_is_ours_only_while_a_command_runs():
     assert signal.getsignal(signal.SIGTERM) is before
     assert CliRunner().invoke(main, ["generate"]).exit_code == 2  # a failure path too
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_output_under_a_file_or_an_unwritable_folder_is_one_line_before_any_work(checkpoints, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run("convert", str(checkpoints("llama")[0]), "-o", str(tmp_path / "afile" / "sub")),
+                          "is a file, not a folder")
+    assert_one_line_error(run("image", "-c", "3", "-o", str(tmp_path / "afile" / "x.png")), "is a file, not a folder")
+    assert_one_line_error(run("ngram", "build", "--text", str(tmp_path / "afile"), "-o",
+                              str(tmp_path / "afile" / "store")), "is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_what_the_system_refuses_is_one_line():
+    """An OSError from a write (here: a full disk, /dev/full) is a line, not a traceback."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "edgegen", "generate", "-p", "hi", "-m", "3"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert_one_line_error(result, "No space left on device")
+
+
+def test_a_failed_convert_removes_the_folders_it_made(checkpoints, tmp_path):
+    src = tmp_path / "ckpt"
+    shutil.copytree(checkpoints("llama")[0], src)
+    (src / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes()[: 5000])
+    assert_one_line_error(run("convert", str(src), "-o", str(tmp_path / "a" / "b" / "out")), "model.safetensors")
+    assert not (tmp_path / "a").exists()
+
+
+def test_bare_edgegen_shows_its_help_as_written():
+    result = run()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Usage: edgegen") and "\nCommands:\n" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,18 @@ def _restore_sigterm(previous: Any) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _drop_stdout() -> None:
+    """After a failed write to standard output (`> /dev/full`), the interpreter's own flush at exit
+    would fail again and print a traceback-like warning: send what is left nowhere."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit)
+
+
 class Group(click.Group):
     """Every failure of every command ends here: user errors (ours and click's usage errors) print
     one line and exit with code 2; Ctrl-C exits with 130."""
@@ -51,6 +64,9 @@ class Group(click.Group):
         previous = _exit_cleanly_on_sigterm()
         try:
             return super().main(args, prog_name or "edgegen", complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as exc:  # bare `edgegen` (or a bare group): the help, as written
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
         except click.UsageError as exc:
             path = exc.ctx.command_path if exc.ctx is not None else "edgegen"
             fail(f"{exc.format_message().rstrip('.')} (see `{path} --help`)", 2)
@@ -70,6 +86,10 @@ class Group(click.Group):
         except BrokenPipeError:  # `edgegen generate ... | head`: the reader left; so do we
             sys.stderr.close()
             sys.exit(0)
+        except OSError as exc:  # a path that cannot be written, a full disk: what the system said
+            _drop_stdout()
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}; check the output path, its permissions and the free space", 2)
         finally:
             _restore_sigterm(previous)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,27 @@ from edgegen.cli._app import main
 DEFAULT_IMAGE_MODEL = "tiny-var"
 
 
-def output_paths(out: Path, count: int, as_grid: bool) -> list[Path]:
-    """One path per image: OUT itself for one image or a grid, else OUT-1.png, OUT-2.png, ..."""
+def output_path(out: Path, i: int, count: int, as_grid: bool) -> Path:
+    """Image i's path (from 0): OUT itself for one image or a grid, else OUT-1.png, OUT-2.png, ..."""
     if count == 1 or as_grid:
-        return [out]
-    stem, suffix = out.stem, out.suffix or ".png"
-    return [out.with_name(f"{stem}-{i}{suffix}") for i in range(1, count + 1)]
+        return out
+    return out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}")
+
+
+def check_outputs(out: Path, count: int, as_grid: bool, force: bool) -> Path:
+    """Refuse now (one line) any of the `count` outputs that may not be written, in time that does
+    not grow with `count`: OUT, and the numbered files already there (a listing of OUT's folder)."""
+    from edgegen.core.outputs import check_output
+    from edgegen.images import is_edgegen_png
+
+    out = check_output(out, force=force, ours=is_edgegen_png)
+    if count > 1 and not as_grid and out.parent.is_dir():
+        pattern = re.compile(re.escape(out.stem) + r"-([1-9][0-9]*)" + re.escape(out.suffix or ".png"))
+        for entry in out.parent.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match and int(match.group(1)) <= count:
+                check_output(entry, force=force, ours=is_edgegen_png)
+    return out
 
 
 @main.command()
@@ -52,65 +69,71 @@ def image(model: str | None, classes: tuple[str, ...], out: Path, n: int, as_gri
 
     from edgegen.api import load
     from edgegen.core.errors import ConfigError
-    from edgegen.core.outputs import check_output
     from edgegen.decoding.next_scale import ScaleSampling, ScaleTiming
-    from edgegen.images import ImageModel, is_edgegen_png, timing_stats
+    from edgegen.images import ImageModel, timing_stats
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, not {n}")
     ScaleSampling(cfg=cfg, top_k=top_k, top_p=top_p, seed=seed).validated()
     wanted = len(classes) * n if classes else n
-    paths = [check_output(p, force=force, ours=is_edgegen_png) for p in output_paths(out, wanted, as_grid)]
+    out = check_outputs(out, wanted, as_grid, force)
     loaded = load(model or DEFAULT_IMAGE_MODEL, provider, device=device, runtime=runtime)
     if not isinstance(loaded, ImageModel):
         raise ConfigError(f"{model} is not an image model (family {loaded.manifest.family!r}); "
                           "`edgegen image` needs a VAR model")
     labels: list[Any] = list(classes) or [int(i) for i in _random_classes(loaded.num_classes, seed)]
     size = loaded.batch_size(wanted, cfg > 0, batch_size)
-    sink = _GridSink(paths[0], len(labels), n, loaded.image_size) if as_grid else _FileSink(paths)
+    sink = _GridSink(out, len(labels), n, loaded.image_size) if as_grid else _FileSink(out, wanted, force)
     sides = loaded.model.patch_nums
     progress = None if as_json or size < wanted else (lambda k, count, secs: click.echo(
         f"scale {k + 1}/{count}  {sides[k]}×{sides[k]} tokens  {secs:.2f} s", err=True))
     described = lambda c: (f"class {c}" + (f" ({loaded.class_names[c]})" if loaded.class_names else "")  # noqa: E731
                            + f", cfg {cfg:g}, top-k {top_k}, top-p {top_p:g}, seed {seed}")
-    timing, class_ids = ScaleTiming(), []
+    timing, class_ids, count = ScaleTiming(), [], 0
     with tqdm(total=wanted, desc="images", unit="img", leave=False, disable=None if size < wanted else True) as bar:
         for batch in loaded.generate_batches(labels, n=n, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed,
                                              on_scale=progress, batch_size=size):
             sink.add(batch.images, [described(c) for c in batch.class_ids])
-            class_ids += batch.class_ids
+            count += len(batch.class_ids)
+            if as_json:  # (the JSON lists every image; otherwise nothing grows with -n)
+                class_ids += batch.class_ids
             timing.decoder += batch.timing.decoder
             for k, secs in enumerate(batch.timing.scales):
                 timing.add_scale(k, secs)
             bar.update(len(batch.class_ids))
     sink.close()
-    count, total = len(class_ids), timing.total
+    total = timing.total
+    paths = (output_path(out, i, wanted, as_grid) for i in range(1 if as_grid else count))
     if as_json:
         stats = {**timing_stats(timing, count), "batch_size": size}
         click.echo(json.dumps({"model": str(loaded.folder), "files": [str(p) for p in paths],
                                "classes": class_ids, "cfg": cfg, "top_k": top_k, "top_p": top_p,
                                "seed": seed, "size": loaded.image_size, "timing": stats}))
         return
-    for path in paths[:10]:
+    files = 1 if as_grid else count
+    for path in itertools.islice(paths, 10):
         click.echo(f"wrote {path}", err=True)
-    if len(paths) > 10:
-        click.echo(f"... and {len(paths) - 10:,} more, to {paths[-1]}", err=True)
+    if files > 10:
+        click.echo(f"... and {files - 10:,} more, to {output_path(out, files - 1, wanted, as_grid)}", err=True)
     click.echo(f"{count} image(s) {loaded.image_size}×{loaded.image_size}: {total / count:.2f} s per image "
                f"(transformer {timing.transformer / count:.2f} s + decoder {timing.decoder / count:.2f} s)"
                + (f", in batches of {size}" if size < count else ""), err=True)
 
 
 class _FileSink:
-    """Numbered PNGs, each written (atomically) as soon as its batch ends."""
+    """Numbered PNGs, each written (atomically) as soon as its batch ends; each path is checked as
+    it comes (a file put there while the run went on is refused, not replaced)."""
 
-    def __init__(self, paths: list[Path]):
-        self.paths, self.done = paths, 0
+    def __init__(self, out: Path, count: int, force: bool):
+        self.out, self.count, self.force, self.done = out, count, force, 0
 
     def add(self, images: Any, descriptions: list[str]) -> None:
-        from edgegen.images import save_png
+        from edgegen.core.outputs import check_output
+        from edgegen.images import is_edgegen_png, save_png
 
         for image_, text in zip(images, descriptions):
-            save_png(image_, self.paths[self.done], text)
+            path = output_path(self.out, self.done, self.count, False)
+            save_png(image_, check_output(path, force=self.force, ours=is_edgegen_png), text)
             self.done += 1
 
     def close(self) -> None:

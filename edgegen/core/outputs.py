@@ -46,6 +46,7 @@ def check_output(out: str | Path, *, force: bool, sources: Sequence[str | Path] 
     them). A folder output passes `ours=None`; a file output passes `ours(path)`, which tells
     whether an existing file is one edgegen wrote."""
     out = Path(out).expanduser().resolve()
+    _check_writable_place(out)
     for src in sources:
         src = Path(src).expanduser().resolve()
         if _related(out, src):
@@ -66,33 +67,64 @@ def check_output(out: str | Path, *, force: bool, sources: Sequence[str | Path] 
                       f"(or an empty folder), choose another -o")
 
 
+def _check_writable_place(out: Path) -> None:
+    """One line now, before any work, where `out` cannot be written: its nearest existing
+    ancestor is a file, or a folder this user may not write into (the folders between are made)."""
+    place = out.parent
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"cannot write {out}: {place} is a file, not a folder; choose another -o")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {out}: the folder {place} is not writable; choose another -o")
+
+
+@contextlib.contextmanager
+def _parent_of(out: Path) -> Iterator[None]:
+    """`out`'s parent folder, made with any missing ancestors; those it made are removed again if
+    the output is not written (a failed command leaves nothing behind, no empty folders either)."""
+    made = []
+    folder = out.parent
+    while not folder.exists():
+        made.append(folder)
+        folder = folder.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_folder(out: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out` (checked beforehand with
     `check_output`), on failure or interruption it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        _usual_modes(tmp)
-        _swap(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _parent_of(out):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            yield tmp
+            _usual_modes(tmp)
+            _swap(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_file(out: Path) -> Iterator[Path]:
     """Yield a temporary file path beside `out`; renamed onto `out` on success, removed otherwise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        tmp.chmod(0o666 & ~_umask())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _parent_of(out):
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            tmp.chmod(0o666 & ~_umask())
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:
