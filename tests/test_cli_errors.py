@@ -123,3 +123,46 @@ def test_every_user_error_exits_with_code_2():
 def test_option_errors_name_the_flag_the_user_typed(converted, flags, named):
     result = run("generate", str(converted("qwen2", "onnx")), "-p", "hi", *flags)
     assert_one_line_error(result, named)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "-p", "hi", "--num-draft", "4"], "--num-draft applies to speculative decoding"),
+    (["generate", "-p", "hi", "--max-draft", "3"], "--max-draft applies to speculative decoding"),
+    (["generate", "-p", "hi", "--device", "foo"], "device must be gpu, cpu or auto"),
+    (["generate", "-p", "hi", "--device", "cpu"], "--device picks MLX's device"),
+    (["generate", "tiny-chat-bd", "-p", "hi", "--refresh-every", "3"], "--refresh-every refreshes"),
+    (["generate", "tiny-chat-bd", "-p", "hi", "--rule", "threshold", "--steps", "2"], "--steps spreads"),
+    (["generate", "tiny-chat-bd", "-p", "hi", "--rule", "fixed", "--threshold", "0.1"], "--threshold applies"),
+    (["complete", "tiny-chat-bd", "-p", "The json"], "diffusion LLM"),
+    (["perplexity", "tiny-chat-bd", "--max-tokens", "20"], "diffusion LLM"),
+])
+def test_flags_that_would_do_nothing_are_refused(args, words):
+    """docs/cli.md: options of another strategy, runtime or family are refused rather than ignored."""
+    assert_one_line_error(run(*args), words)
+
+
+@pytest.mark.parametrize("field, value", [("source", "x"), ("config", None), ("files", 5), ("context_length", "x"),
+                                          ("format_version", "x"), ("context_length", True), ("quantization", "q4")])
+def test_a_damaged_manifest_is_one_line(converted, tmp_path, field, value):
+    """A field of the wrong type in edgegen.json (hand-edited, damaged) is named now, not a traceback later."""
+    folder = tmp_path / "m"
+    shutil.copytree(converted("qwen2", "onnx"), folder)
+    manifest = json.loads((folder / "edgegen.json").read_text())
+    manifest[field] = value
+    (folder / "edgegen.json").write_text(json.dumps(manifest))
+    assert_one_line_error(run("generate", str(folder), "-p", "hi", "-m", "2"), "edgegen.json is corrupt",
+                          "convert the model again")
+
+
+def test_an_ngram_store_is_not_taken_for_a_model():
+    from edgegen.models import BUNDLED
+
+    assert_one_line_error(run("info", str(BUNDLED / "tiny-chat" / "ngram")), "is an n-gram store")
+
+
+@pytest.mark.parametrize("args, named", [(["complete", "-p", "x", "-k", "0"], "--drafts "),
+                                         (["complete", "-p", "x", "--ngram-weight", "2"], "--ngram-weight "),
+                                         (["complete", "-p", "x", "-m", "0"], "--max-tokens "),
+                                         (["perplexity", "--kv-group-size", "7"], "--kv-group-size ")])
+def test_complete_and_perplexity_name_the_flag_too(args, named):
+    assert_one_line_error(run(*args), named)

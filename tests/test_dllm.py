@@ -178,7 +178,7 @@ def test_stats_count_tokens_per_forward(dllm):
 def test_generate_json_reports_forwards(dllm):
     out = CliRunner().invoke(main, ["generate", str(dllm[1]("sdar", "onnx")), "-p", "The number", "--raw",
                                     "-m", "8", "--rule", "threshold", "--threshold", "0.5", "--block-size", "4",
-                                    "--steps", "4", "--json"])
+                                    "--json"])
     assert out.exit_code == 0, out.output
     timing = json.loads(out.stdout)["timing"]
     assert timing["strategy"] == "block-diffusion" and timing["forwards"] >= 1 and timing["tokens_per_forward"] > 0

@@ -68,8 +68,12 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     if parallel not in (None, "tensor"):
         raise ConfigError(f"--{parallel} splits a model over the ranks of a distributed group; run under "
                           f"mlx.launch, e.g. `mlx.launch -n 2 -- edgegen chat MODEL --runtime mlx --{parallel}`")
+    if device not in (None, "auto", "gpu", "cpu"):
+        raise ConfigError(f"device must be gpu, cpu or auto (MLX's devices), got {device!r}")
     folder = locate(str(model), runtime, quant)
     manifest = read_manifest(folder)
+    if not _draft:  # (a draft takes its target's options, whatever its own runtime)
+        _check_placement(folder, manifest.runtime, provider, device)
     if manifest.family == "var":
         from edgegen.images import load_image_model
 
@@ -99,6 +103,17 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
     model = Model(backend, Tokenizer(folder), manifest, folder)
     model.load_options = {"provider": provider, "device": device, "threads": threads}
     return model
+
+
+def _check_placement(folder: Path, runtime: str, provider: str | None, device: str | None) -> None:
+    """A provider picks ONNX Runtime's hardware and a device MLX's: the other runtime's is refused
+    rather than ignored."""
+    if runtime == "onnx" and device is not None:
+        raise ConfigError(f"--device picks MLX's device, and {folder.name} runs on ONNX Runtime: pick its hardware "
+                          "with --provider, or convert for MLX with --runtime mlx")
+    if runtime == "mlx" and provider is not None:
+        raise ConfigError(f"--provider picks ONNX Runtime's execution provider, and {folder.name} runs on MLX: pick "
+                          "its device with --device, or convert for ONNX Runtime with --runtime onnx")
 
 
 def _load_distributed(group, model: str, provider: str | None, device: str | None, runtime: str | None,
@@ -206,6 +221,9 @@ class Model:
     def stream_complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
                         **kwargs: Any) -> Iterator[Completion]:
         """The drafts after every step, for an app that shows them as they grow."""
+        if self.manifest.family != "ar":
+            raise ConfigError(f"superposed drafts (`complete`) are decoded left to right by an autoregressive model; "
+                              f"this model is a diffusion LLM ({self.manifest.architecture}): use generate or chat")
         if options is None:
             kwargs.setdefault("max_tokens", 16)  # completions are short
         options = GenerateOptions.from_kwargs(options, **kwargs)

@@ -31,12 +31,10 @@ def complete(model: str | None, prompt: str, drafts: int, ngram: str | None, ngr
              max_tokens: int, chat: bool, stream: bool, as_json: bool, kv_bits: str | None,
              json_schema: Any, regex: str | None, grammar: str | None, **flags: Any) -> None:
     """Complete the prompt with K drafts from one pass (Superposed Decoding), as autocomplete does."""
-    from edgegen.cli.generate import load_model, print_stats, prompt_ids, read_prompt
-    from edgegen.core.options import GenerateOptions
+    from edgegen.cli.generate import load_model, options_of, print_stats, prompt_ids, read_prompt
 
-    options = GenerateOptions.from_kwargs(drafts=drafts, ngram=ngram, ngram_weight=ngram_weight,
-                                          max_tokens=max_tokens, kv_bits=int(kv_bits) if kv_bits else None,
-                                          json_schema=json_schema, regex=regex, grammar=grammar)
+    options = options_of(drafts=drafts, ngram=ngram, ngram_weight=ngram_weight, max_tokens=max_tokens, kv_bits=kv_bits,
+                         json_schema=json_schema, regex=regex, grammar=grammar)
     llm = load_model(model, flags)
     ids = prompt_ids(llm, read_prompt(prompt, llm), raw=not chat)
     result = None

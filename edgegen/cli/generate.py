@@ -115,17 +115,23 @@ DRAFT_COUNT = _DraftCount()
 
 def split_options(opts: dict[str, Any]):
     """(GenerateOptions, runtime flags) from the parsed options; checked before anything loads."""
+    flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
+    return options_of(**opts), flags
+
+
+def options_of(**given: Any):
+    """GenerateOptions from flags' values (kv_bits as click gives it, text); an error names the
+    flag the user typed, not the options object's field."""
     from edgegen.core.errors import ConfigError
     from edgegen.core.options import GenerateOptions
 
-    flags = {k: opts.pop(k) for k in RUNTIME_FLAGS}
-    if opts.get("kv_bits") not in (None, "auto"):
-        opts["kv_bits"] = int(opts["kv_bits"])
+    if given.get("kv_bits") not in (None, "auto"):
+        given["kv_bits"] = int(given["kv_bits"])
     try:
-        return GenerateOptions.from_kwargs(**opts), flags
+        return GenerateOptions.from_kwargs(**given)
     except ConfigError as exc:  # the options object names its fields; here the user typed flags
         field, _, rest = str(exc).partition(" ")
-        if field in opts:
+        if field in given:
             raise ConfigError(f"{FLAG_NAMES.get(field, '--' + field.replace('_', '-'))} {rest}") from None
         raise
 

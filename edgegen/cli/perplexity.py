@@ -32,18 +32,19 @@ def perplexity(model: str | None, text_file: Path | None, kv_bits: str | None, k
     from tqdm import tqdm
 
     from edgegen.api import peak_rss_mb
-    from edgegen.cli.generate import load_model
+    from edgegen.cli.generate import load_model, options_of
     from edgegen.core.errors import ConfigError
     from edgegen.core.memory import check_fits
-    from edgegen.core.options import GenerateOptions
     from edgegen.decoding.perplexity import perplexity as measure
 
-    options = GenerateOptions.from_kwargs(kv_bits=int(kv_bits) if kv_bits not in (None, "auto") else kv_bits,
-                                          kv_group_size=kv_group_size)
+    options = options_of(kv_bits=kv_bits, kv_group_size=kv_group_size)
     if max_tokens is not None and max_tokens < 2:
         raise ConfigError("--max-tokens must be at least 2")
     pieces = _pieces(text_file)
     llm = load_model(model, flags)
+    if llm.manifest.family != "ar":
+        raise ConfigError(f"perplexity scores next-token predictions, which {llm.folder.name}, a diffusion LLM, does "
+                          "not make; score an autoregressive model")
     kv = llm.kv_spec(options)
     window = llm.backend.context_length if context is None else max(min(context, llm.backend.context_length), 0)
     check_fits(int(window * llm.kv_bytes_per_token(kv)), f"a KV cache of {window:,} tokens",

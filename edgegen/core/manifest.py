@@ -63,10 +63,15 @@ class Manifest:
             )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+            if raw.get("kind") == "ngram-store":
+                raise ConfigError(f"{folder} is an n-gram store (for `edgegen complete --ngram`), not a model")
             version = raw.pop("format_version")
             raw["quantization"] = Quantization(**raw["quantization"])
             manifest = cls(**raw, format_version=version)
-        except (ValueError, KeyError, TypeError) as exc:
+            manifest._check_types()
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path} is corrupt ({exc}); convert the model again") from None
         if version > FORMAT_VERSION:
             raise ConfigError(
@@ -74,6 +79,18 @@ class Manifest:
                 f"({FORMAT_VERSION}); upgrade edgegen"
             )
         return manifest
+
+    def _check_types(self) -> None:
+        """Each field of the type this dataclass declares (a hand-edited or damaged file otherwise
+        fails later, far from its cause)."""
+        kinds = {"str": (str, "a string"), "int": (int, "an integer"), "dict": (dict, "an object")}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kind, words = kinds.get(str(field.type).split("[")[0], (object, ""))
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise TypeError(f"{field.name} should be {words}, not {json.dumps(value)[:40]}")
+        if not isinstance(self.quantization.method, str):
+            raise TypeError(f"quantization.method should be a string, not {json.dumps(self.quantization.method)[:40]}")
 
     def _diffusion_rows(self) -> list[tuple[str, str]]:
         d = self.diffusion

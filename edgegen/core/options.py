@@ -74,6 +74,9 @@ class SpeculativeOptions:
             object.__setattr__(self, "num_draft", _number("num_draft", self.num_draft, int, 0, 64,
                                                           hint=" (or \"auto\")"))
         object.__setattr__(self, "max_draft", _number("max_draft", self.max_draft, int, 1, 64))
+        if self.draft is None and (self.num_draft != "auto" or self.max_draft != 8):
+            name = "num_draft" if self.num_draft != "auto" else "max_draft"
+            raise ConfigError(f"{name} applies to speculative decoding; give a draft (--draft) or drop it")
 
 
 @dataclasses.dataclass(frozen=True)

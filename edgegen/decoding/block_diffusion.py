@@ -34,6 +34,8 @@ from edgegen.decoding.autoregressive import Emitter, Session, check_prompt
 from edgegen.decoding.sampling import Sampler
 
 CACHES = {"block": ("block", "none"), "full": ("dual", "prefix", "none")}
+THRESHOLD_RULES = ("threshold", "dynamic")  # the rules that read --threshold (commit_rules.choose)
+STEPS_RULES = ("fixed", "dynamic", "origin", "maskgit_plus", "topk_margin", "entropy")  # and --steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +66,17 @@ def plan(spec: DiffusionSpec, *, block_size: int | None = None, rule: str | None
         kind = "block-causal" if spec.attention == "block" else "bidirectional"
         raise ConfigError(f"--dllm-cache {cache!r} does not apply to a {kind} model; choose "
                           f"{' or '.join(CACHES[spec.attention])}")
-    settings = commit_rules.RuleSettings(rule or spec.rule, spec.threshold if threshold is None else threshold,
+    if refresh_every and cache not in ("dual", "prefix"):
+        raise ConfigError(f"--refresh-every refreshes a bidirectional model's dual or prefix cache; the cache here "
+                          f"is {cache!r}: drop it")
+    chosen = rule or spec.rule
+    if threshold is not None and chosen not in THRESHOLD_RULES:
+        raise ConfigError(f"--threshold applies to the {' and '.join(THRESHOLD_RULES)} rules, not to {chosen!r}: "
+                          "drop it or choose one of those with --rule")
+    if steps is not None and chosen not in STEPS_RULES:
+        raise ConfigError(f"--steps spreads the {', '.join(STEPS_RULES)} rules' commits over a block, not "
+                          f"{chosen!r}'s: drop it or choose one of those with --rule")
+    settings = commit_rules.RuleSettings(chosen, spec.threshold if threshold is None else threshold,
                                          steps=steps or size, **rule_options)
     return Plan(spec, size, settings, cache, refresh_every)
 
