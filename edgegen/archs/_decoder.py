@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.archs._checks import HINT, MAX_CONTEXT, MAX_LAYERS, REQUIRED, bad_value, config_float, config_int, lacks
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError
 
@@ -124,37 +125,60 @@ def _llama3_scaled(inv: np.ndarray, s: dict[str, Any]) -> np.ndarray:
     return np.where(is_mid, mid, out)
 
 
-def parse_decoder_config(hf: dict[str, Any], **features: Any) -> DecoderConfig:
-    """Read the fields every decoder shares from a Hugging Face config dict (v4 or v5 layout)."""
-    try:
-        heads = int(hf["num_attention_heads"])
-        hidden = int(hf["hidden_size"])
-        theta, scaling = _rope_fields(hf)
-        return DecoderConfig(
-            model_type=hf["model_type"],
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=hidden,
-            intermediate_size=int(hf["intermediate_size"]),
-            num_hidden_layers=int(hf["num_hidden_layers"]),
-            num_attention_heads=heads,
-            num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(hf.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            **features,
-        )
-    except KeyError as exc:
-        raise ConfigError(f"config.json lacks the field {exc.args[0]!r}; is it a complete checkpoint?") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config.json has a malformed field ({exc})") from None
+def parse_decoder_config(hf: dict[str, Any], names: dict[str, str] | None = None, **features: Any) -> DecoderConfig:
+    """Read the fields every decoder shares from a Hugging Face config dict (v4 or v5 layout), each
+    number checked (archs/_checks.py) before anything is sized from it. `names`: the checkpoint's
+    own name of a field, for the messages, where it differs (LLaDA's d_model, BD3-LM's n_blocks)."""
+    names = names or {}
+
+    def size(key: str, default: Any = REQUIRED, **bounds: int) -> int:
+        return config_int(hf, key, default, name=names.get(key, key), **bounds)
+
+    if not hf.get("model_type"):
+        raise lacks("model_type")
+    heads, hidden = size("num_attention_heads"), size("hidden_size")
+    kv_heads = size("num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise ConfigError(f"config.json: {names.get('num_attention_heads', 'num_attention_heads')} ({heads}) must "
+                          f"be a multiple of {names.get('num_key_value_heads', 'num_key_value_heads')} ({kv_heads}); "
+                          f"{HINT}")
+    head_dim = size("head_dim", hidden // heads)  # Qwen3, Gemma, Mistral: not always hidden_size / heads
+    if head_dim % 2 or not head_dim:
+        field = "head_dim" if hf.get("head_dim") is not None else (
+            f"head_dim ({names.get('hidden_size', 'hidden_size')} // {names.get('num_attention_heads', 'heads')})")
+        raise bad_value(field, "a positive even number (RoPE turns pairs of dimensions)", head_dim)
+    vocab, context = size("vocab_size"), size("max_position_embeddings", 2048, high=MAX_CONTEXT)
+    _check_diffusion(features.get("diffusion"), vocab, context, names)
+    theta, scaling = _rope_fields(hf)
+    return DecoderConfig(
+        model_type=hf["model_type"], vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=size("intermediate_size"), num_hidden_layers=size("num_hidden_layers", high=MAX_LAYERS),
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+        rms_norm_eps=config_float(hf, "rms_norm_eps", 1e-6), max_position_embeddings=context,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=theta, rope_scaling=scaling,
+        **features,
+    )
+
+
+def _check_diffusion(spec: DiffusionSpec | None, vocab: int, context: int, names: dict[str, str]) -> None:
+    """What a diffusion LLM's own fields must agree with (each was read with config_int)."""
+    if spec is None:
+        return
+    if spec.mask_token_id is not None and spec.mask_token_id >= vocab:
+        raise ConfigError(f"config.json: mask_token_id ({spec.mask_token_id}) must be below "
+                          f"{names.get('vocab_size', 'vocab_size')} ({vocab}); {HINT}")
+    if spec.attention == "block" and spec.block_size > context:  # trained block-causal (full: a default only)
+        raise ConfigError(f"config.json: {names.get('block_size', 'block_size')} ({spec.block_size}) must not exceed "
+                          f"{names.get('max_position_embeddings', 'max_position_embeddings')} ({context}); {HINT}")
 
 
 def _rope_fields(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    raw = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(raw, dict):
+        raise bad_value("rope_parameters" if "rope_parameters" in hf else "rope_scaling", "a JSON object", raw)
+    params = dict(raw)
+    theta = config_float(params if params.get("rope_theta") is not None else hf, "rope_theta", 10000.0)
+    params.pop("rope_theta", None)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ROPE_TYPES:
         raise ConfigError(f"RoPE scaling {kind!r} is not supported yet; supported: {', '.join(ROPE_TYPES)}")
@@ -165,4 +189,9 @@ def _rope_fields(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     missing = [k for k in needed if k not in params]
     if missing:
         raise ConfigError(f"RoPE scaling {kind!r} lacks {', '.join(missing)} in config.json")
+    for key in needed:  # the scaling's own numbers: positive, and llama3's band not empty
+        config_float(params, key, name=f"RoPE scaling {key}")
+    if kind == "llama3" and params["high_freq_factor"] <= params["low_freq_factor"]:
+        raise bad_value("RoPE scaling high_freq_factor", f"above low_freq_factor ({params['low_freq_factor']})",
+                        params["high_freq_factor"])
     return theta, {**params, "rope_type": kind}

@@ -122,7 +122,7 @@ def infer_config(var: Mapping[str, tuple[int, ...]], vae: Mapping[str, tuple[int
     depth = len({m.group(1) for k in var if (m := re.match(r"blocks\.(\d+)\.", k))})
     l2 = "blocks.0.attn.scale_mul_1H11" in var
     heads = var["blocks.0.attn.scale_mul_1H11"][1] if l2 else (num_heads or depth)
-    if depth == 0 or embed_dim % heads:
+    if depth == 0 or heads < 1 or embed_dim % heads:
         raise ConfigError(f"the VAR checkpoint has {depth} blocks and width {embed_dim}, which {heads} heads "
                           "do not divide; is it a VAR transformer?")
     patch_nums = _schedule(var["pos_1LC"][1], var["lvl_embed.weight"][0], lvl_1L)
@@ -133,8 +133,9 @@ def infer_config(var: Mapping[str, tuple[int, ...]], vae: Mapping[str, tuple[int
 
 
 def _schedule(num_tokens: int, num_scales: int, lvl_1L: np.ndarray | None) -> tuple[int, ...]:
-    if lvl_1L is not None:
-        counts = np.bincount(np.asarray(lvl_1L).reshape(-1).astype(np.int64), minlength=num_scales)
+    levels = None if lvl_1L is None else np.asarray(lvl_1L).reshape(-1)
+    if levels is not None and levels.size and 0 <= levels.min() and levels.max() < num_scales:  # else: not trusted
+        counts = np.bincount(levels.astype(np.int64), minlength=num_scales)
         sides = tuple(int(round(math.sqrt(c))) for c in counts)
         if all(s * s == c for s, c in zip(sides, counts)) and sum(counts) == num_tokens:
             return sides

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.archs._checks import MAX_CONTEXT, MAX_LAYERS, MAX_SIZE, config_int
 from edgegen.archs._decoder import DecoderConfig, parse_decoder_config
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import ConfigError
@@ -27,16 +28,17 @@ def parse_config(hf: dict[str, Any]) -> DecoderConfig:
     if hf.get("time_conditioning"):
         raise ConfigError("this BD3-LM is time-conditioned; only time_conditioning: false models (the released "
                           "ones) are supported")
-    try:
-        dim, heads, vocab = int(hf["hidden_dim"]), int(hf["n_heads"]), int(hf["vocab_size"])
-        mapped = {"model_type": "bd3lm", "hidden_size": dim, "num_attention_heads": heads,
-                  "num_hidden_layers": int(hf["n_blocks"]), "intermediate_size": MLP_RATIO * dim, "vocab_size": vocab,
-                  "max_position_embeddings": int(hf.get("model_length", 1024)), "rope_theta": 10000.0,
-                  "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
-        spec = DiffusionSpec("block", int(hf.get("block_size", 4)), vocab - 1, rule="first_hitting")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"config.json is not a BD3-LM config ({exc})") from None
-    return parse_decoder_config(mapped, norm="layer", mlp="gelu", mlp_bias=True, lm_head_bias=True, diffusion=spec)
+    dim = config_int(hf, "hidden_dim", high=MAX_SIZE // MLP_RATIO)
+    vocab = config_int(hf, "vocab_size")
+    mapped = {"model_type": "bd3lm", "hidden_size": dim, "num_attention_heads": config_int(hf, "n_heads"),
+              "num_hidden_layers": config_int(hf, "n_blocks", high=MAX_LAYERS), "intermediate_size": MLP_RATIO * dim,
+              "vocab_size": vocab, "max_position_embeddings": config_int(hf, "model_length", 1024, high=MAX_CONTEXT),
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+    spec = DiffusionSpec("block", config_int(hf, "block_size", 4), vocab - 1, rule="first_hitting")
+    names = {"hidden_size": "hidden_dim", "num_attention_heads": "n_heads", "num_key_value_heads": "n_heads",
+             "num_hidden_layers": "n_blocks", "max_position_embeddings": "model_length"}
+    return parse_decoder_config(mapped, names, norm="layer", mlp="gelu", mlp_bias=True, lm_head_bias=True,
+                                diffusion=spec)
 
 
 def convert_weights(tensors: dict[str, np.ndarray], config: DecoderConfig) -> dict[str, np.ndarray]:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgegen.archs._checks import config_int
 from edgegen.archs._decoder import DecoderConfig, parse_decoder_config
 from edgegen.core.diffusion import DiffusionSpec
 
 
 def parse_config(hf: dict[str, Any]) -> DecoderConfig:
-    spec = DiffusionSpec("block", int(hf.get("bd_size", 32)), hf.get("mask_token_id"), mask_token="|<MASK>|",
-                         shift=True, ar_first_token=True, sub_block=int(hf.get("small_block_size", 8)),
-                         rule="threshold", threshold=0.9)
-    return parse_decoder_config(hf, attention_bias=True, diffusion=spec)
+    spec = DiffusionSpec("block", config_int(hf, "bd_size", 32), config_int(hf, "mask_token_id", None, low=0),
+                         mask_token="|<MASK>|", shift=True, ar_first_token=True,
+                         sub_block=config_int(hf, "small_block_size", 8), rule="threshold", threshold=0.9)
+    return parse_decoder_config(hf, {"block_size": "bd_size"}, attention_bias=True, diffusion=spec)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.archs import _var as arch
+from edgegen.archs._checks import MAX_SIZE, bad_value, config_int, is_whole
 from edgegen.core.errors import ConfigError, ConversionError
 
 SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -62,12 +63,16 @@ def open_var_checkpoint(folder: Path) -> VarCheckpoint:
         raise ConversionError(f"{folder} needs exactly one var*.safetensors|.pth (the transformer) and one "
                               "vae*.safetensors|.pth (the VQ-VAE)")
     extra = read_config_json(folder)
+    heads = config_int(extra, "num_heads", None)  # checked before the weights are read
+    patch_nums = extra.get("patch_nums")
+    if patch_nums is not None and not (isinstance(patch_nums, list) and all(
+            is_whole(side) and 1 <= side <= MAX_SIZE for side in patch_nums)):
+        raise bad_value("patch_nums", "a list of positive integers", patch_nums)
     var, vae = read_tensors(files[0]), read_tensors(files[1])
     lvl = var.get("lvl_1L")
-    heads = extra.get("num_heads") if isinstance(extra.get("num_heads"), int) else None
     config = arch.infer_config({k: v.shape for k, v in var.items()}, {k: v.shape for k, v in vae.items()},
                                lvl_1L=lvl, num_heads=heads)
-    if isinstance(extra.get("patch_nums"), list) and tuple(extra["patch_nums"]) != config.patch_nums:
+    if patch_nums is not None and tuple(patch_nums) != config.patch_nums:
         raise ConfigError(f"config.json says patch_nums {extra['patch_nums']} but the weights hold "
                           f"{list(config.patch_nums)}; fix config.json")
     var = _checked(var, arch.var_shapes(config), arch.var_ignored, files[0])
