@@ -180,6 +180,7 @@ def test_an_output_under_a_file_or_an_unwritable_folder_is_one_line_before_any_w
 
 def test_what_the_system_refuses_is_one_line():
     """An OSError from a write (here: a full disk, /dev/full) is a line, not a traceback."""
+    assert run("info", "tiny-chat").returncode == 0  # converted first: no "converted ..." line below
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "edgegen", "generate", "-p", "hi", "-m", "3"], stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=120)
