@@ -5,6 +5,7 @@ Screenshots are saved as test artefacts in .pytest_cache/artifacts/."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,55 @@ def test_stop_keeps_the_partial_reply_and_reset_clears(page, model):
     tab.wait_for_selector(".msg.assistant[data-done]")
     assert replies(tab) == [model.chat([{"role": "system", "content": "Answer at length."},
                                         {"role": "user", "content": TURNS[1]}], max_tokens=400).text]
+
+
+def test_reset_mid_reply_and_a_failed_reply_leave_nothing_in_the_conversation(page, model):
+    """What the page sends is what it shows: Reset while a reply streams forgets that reply too, and
+    a reply that fails midway takes its question (shown as unsent) and its partial text out."""
+    tab, paced = page
+    sent = []
+    tab.on("request", lambda r: sent.append(json.loads(r.post_data)["messages"])
+           if r.url.endswith("/v1/chat/completions") else None)
+    paced.pause = 0.05
+    send(tab, TURNS[0])
+    tab.wait_for_selector(".msg.assistant[data-chunks]")
+    tab.click("#reset")
+    tab.wait_for_function("!document.body.classList.contains('busy')")
+    paced.pause = 0.0
+    send(tab, TURNS[1])
+    tab.wait_for_selector(".msg.assistant[data-done]")
+    assert sent[-1] == [{"role": "user", "content": TURNS[1]}]
+
+    real, pieces = paced.stream, []
+
+    def failing(*args, **kwargs):
+        for piece in real(*args, **kwargs):
+            pieces.append(piece)
+            if len(pieces) == 3:
+                raise RuntimeError("the runtime failed")
+            yield piece
+
+    paced.stream = failing
+    send(tab, TURNS[2])
+    tab.wait_for_selector(".msg.assistant.error")
+    assert tab.query_selector_all(".msg.user")[-1].get_attribute("class").split()[-1] == "unsent"
+    paced.stream = real
+    send(tab, "Are you there?")
+    tab.wait_for_selector(".msg.assistant:nth-of-type(6)[data-done]")
+    first = model.chat([{"role": "user", "content": TURNS[1]}]).text
+    assert sent[-1] == [{"role": "user", "content": TURNS[1]}, {"role": "assistant", "content": first},
+                        {"role": "user", "content": "Are you there?"}]
+
+
+def test_the_end_of_a_long_reply_is_not_under_the_message_box(page):
+    tab, _ = page
+    tab.set_viewport_size({"width": 390, "height": 500})
+    for text in TURNS[:2]:
+        send(tab, text)
+        tab.wait_for_selector(f".msg.assistant:nth-of-type({2 * TURNS.index(text) + 2})[data-done]")
+    box = tab.eval_on_selector("#composer", "n => n.getBoundingClientRect().top")
+    end = tab.eval_on_selector_all(".msg.assistant .stats", "ns => ns[ns.length - 1].getBoundingClientRect().bottom")
+    assert end <= box, (end, box)
 
 
 def test_a_keyed_server_asks_the_page_for_its_key(model):

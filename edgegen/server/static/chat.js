@@ -44,8 +44,14 @@ function bubble(role, text) {
   const node = element("div", "msg " + role);
   node.append(element("div", "content", text), element("div", "stats"));
   $("messages").append(node);
-  node.scrollIntoView({ block: "end" });
+  follow(node);
   return node;
+}
+
+// Scrolls `node`'s end into view above the sticky message box (which would cover it otherwise).
+function follow(node) {
+  document.documentElement.style.scrollPaddingBottom = `${$("composer").offsetHeight + 8}px`;
+  node.scrollIntoView({ block: "end" });
 }
 
 // Yields the data of each server-sent event of a fetch body.
@@ -90,11 +96,12 @@ function summary(timing, usage, seconds) {
   return parts.join(" · ");
 }
 
-async function streamReply(reply) {
+// Streams one reply into `reply`; its text so far is in `out.text`, also when it stops or fails.
+async function streamReply(reply, out) {
   const content = reply.querySelector(".content");
   const stats = reply.querySelector(".stats");
   const started = performance.now();
-  let text = "", chunks = 0, first = 0, timing = null, usage = null;
+  let chunks = 0, first = 0, timing = null, usage = null;
   const response = await fetch("/v1/chat/completions", {
     method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: state.controller.signal,
   });
@@ -103,45 +110,48 @@ async function streamReply(reply) {
     if (response.status === 401) needKey();
     throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
   }
-  try {
-    for await (const data of serverEvents(response.body)) {
-      if (data === "[DONE]") break;
-      const chunk = JSON.parse(data);
-      if (chunk.error) throw new Error(chunk.error.message);
-      if (chunk.usage) usage = chunk.usage;
-      if (chunk.timing) timing = chunk.timing;
-      const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
-      if (!piece) continue;
-      if (!first) first = performance.now();
-      text += piece;
-      chunks += 1;
-      reply.dataset.chunks = String(chunks);
-      content.textContent = text;
-      const rate = chunks > 1 ? (chunks - 1) / ((performance.now() - first) / 1000) : 0;
-      stats.textContent = `${chunks} tokens · ${rate.toFixed(1)} tok/s`;
-      reply.scrollIntoView({ block: "end" });
-    }
-  } finally {
-    state.messages.push({ role: "assistant", content: text }); // kept even when stopped, as `edgegen chat` does
+  for await (const data of serverEvents(response.body)) {
+    if (data === "[DONE]") break;
+    const chunk = JSON.parse(data);
+    if (chunk.error) throw new Error(chunk.error.message);
+    if (chunk.usage) usage = chunk.usage;
+    if (chunk.timing) timing = chunk.timing;
+    const piece = chunk.choices && chunk.choices[0] && chunk.choices[0].delta.content;
+    if (!piece) continue;
+    if (!first) first = performance.now();
+    out.text += piece;
+    chunks += 1;
+    reply.dataset.chunks = String(chunks);
+    content.textContent = out.text;
+    const rate = chunks > 1 ? (chunks - 1) / ((performance.now() - first) / 1000) : 0;
+    stats.textContent = `${chunks} tokens · ${rate.toFixed(1)} tok/s`;
+    follow(reply);
   }
   stats.textContent = summary(timing, usage, (performance.now() - started) / 1000);
+  follow(reply);
 }
 
 async function send(text) {
-  state.messages.push({ role: "user", content: text });
+  // This exchange belongs to the conversation it began in: Reset during the reply starts a new
+  // one, and what this reply writes afterwards goes to the forgotten one.
+  const history = state.messages;
+  history.push({ role: "user", content: text });
   const question = bubble("user", text);
   const reply = bubble("assistant", "");
+  const out = { text: "" };
   reply.classList.add("streaming");
   setBusy(true);
   try {
-    await streamReply(reply);
+    await streamReply(reply, out);
+    history.push({ role: "assistant", content: out.text });
   } catch (err) {
     if (err.name === "AbortError") {
+      history.push({ role: "assistant", content: out.text }); // kept when stopped, as `edgegen chat` does
       reply.querySelector(".stats").textContent += " · stopped";
-    } else {
+    } else {  // failed: neither the question (shown as unsent) nor any partial reply stays
+      history.pop();
       reply.classList.add("error");
       reply.querySelector(".content").textContent = err.message;
-      if (state.messages[state.messages.length - 1].role === "user") state.messages.pop();
       question.classList.add("unsent");
     }
   } finally {
