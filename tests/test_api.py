@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -126,3 +132,42 @@ def test_a_prompt_past_the_context_is_refused_when_the_stream_is_made(model):
 
     with pytest.raises(ContextOverflow):
         model.stream([5] * 600, max_tokens=4)  # not only when iterated
+
+
+
+def test_chat_at_a_terminal_edits_lines_and_reads_a_paste_whole():
+    """At a terminal (a pty here), `edgegen chat` reads lines through readline: the arrow keys edit
+    the line (they reached the model as escape codes), and a multi-line bracketed paste is one turn
+    (it was one turn per line)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: edgegen chat on the pty
+        os.execvp(sys.executable, [sys.executable, "-m", "edgegen", "chat", "tiny-chat", "-m", "4"])
+    seen = b""
+
+    def read_until(marker: bytes, count: int) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 120
+        while seen.count(marker) < count and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:  # the child is gone
+                    return
+
+    try:
+        read_until(b">>> ", 1)
+        os.write(fd, b"What is jsn?\x1b[D\x1b[Do\r")  # Left twice, then the missing letter
+        read_until(b"Peak memory", 1)
+        os.write(fd, b"/reset\r")  # (so that the next prompt is counted whole)
+        read_until(b"conversation cleared", 1)
+        os.write(fd, b"\x1b[200~line one\nline two\x1b[201~\r")
+        read_until(b"Peak memory", 2)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    turns = seen.decode("utf-8", "replace").split("Peak memory")
+    model = edgegen.load("tiny-chat")
+    for turn, asked in zip(turns, (["What is json?"], ["line one\nline two"])):
+        tokens = len(model.encode_chat([{"role": "user", "content": asked[0]}]))
+        assert turn.count("Prompt:") == 1 and f"Prompt: {tokens} tokens" in turn, turn

@@ -208,6 +208,19 @@ def generate(model: str | None, prompt: str, raw: bool, as_json: bool, **opts: A
     print_stats(stats)
 
 
+def _line_editing() -> None:
+    """At a terminal, input() through GNU readline (where Python has it): arrow keys and history
+    edit the line instead of reaching the model as escape codes, and a paste is read whole, past
+    the terminal's 4,095-character line limit and, with bracketed paste, its newlines included."""
+    if not sys.stdin.isatty():
+        return
+    try:
+        import readline  # importing it is what hooks input()
+    except ImportError:  # Windows' Python has none
+        return
+    readline.parse_and_bind("set enable-bracketed-paste on")  # CPython turns it off for its own REPL
+
+
 @main.command()
 @click.argument("model", required=False)
 @click.option("--system", default=None, help="A system prompt.")
@@ -221,6 +234,7 @@ def chat(model: str | None, system: str | None, **opts: Any) -> None:
     llm = load_model(model, flags)
     start = [{"role": "system", "content": system}] if system else []
     messages = list(start)
+    _line_editing()
     click.echo("edgegen chat: /reset clears the conversation, /quit leaves, Ctrl-C stops a reply.", err=True)
     while True:
         try:
