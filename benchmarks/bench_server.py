@@ -80,6 +80,7 @@ class Instant:
 
     def __init__(self, model):
         self.tokenizer, self.manifest = model.tokenizer, model.manifest
+        self.encode_chat = model.encode_chat  # the server renders chat prompts through the model
 
     def stream(self, ids, options, stats):
         def pieces():
