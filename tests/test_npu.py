@@ -93,6 +93,25 @@ def test_block_diffusion_on_the_bundle(bundles, kwargs):
     assert ours.token_ids == dynamic.chat(ASK, max_tokens=32, **kwargs).token_ids
 
 
+LONG = [{"role": "user", "content": "What does the json module do in Python and how do I use json.dumps with indent?"}]
+
+
+@pytest.mark.parametrize("block_size", [8, 12, 16])
+def test_block_diffusion_on_the_bundle_past_one_chunk(bundles, block_size):
+    """A prompt of several blocks, and blocks up to the chunk (16): the committed feeds longer than a
+    chunk (the prompt's blocks; a finished block fused with the next) run cut between blocks (they
+    were refused: the default bundle failed any prompt of 24 tokens or more)."""
+    dynamic, bundle = edgegen.load("tiny-chat-bd"), edgegen.load(bundles("tiny-chat-bd"))
+    ours = bundle.chat(LONG, max_tokens=40, block_size=block_size)
+    assert ours.token_ids == dynamic.chat(LONG, max_tokens=40, block_size=block_size).token_ids
+    assert ours.stats.prompt_tokens > 16  # longer than one chunk
+
+
+def test_a_block_larger_than_the_chunk_is_one_line(bundles):
+    with pytest.raises(CapabilityError, match="decode with --block-size 16 or less"):
+        edgegen.load(bundles("tiny-chat-bd")).chat(ASK, max_tokens=8, block_size=32)
+
+
 # ------------------------------------------------------------------ masks, against the reference
 
 @pytest.mark.parametrize("name", ["sdar", "dream", "bd3lm", "llada"])

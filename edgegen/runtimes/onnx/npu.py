@@ -4,7 +4,7 @@ The host keeps what the NPU graphs do not: the embedding table (inputs go in as 
 cos/sin for each input's position, the attention mask (any `Feed` pattern, as data) and the KV
 cache, fixed-size buffers the graphs read whole and whose new rows the host writes after a run.
 A feed of one input runs the step graph; up to C inputs the chunk graph, padded; longer committed
-feeds run chunk by chunk.
+feeds run chunk by chunk (block-causal ones cut between attention blocks).
 """
 
 from __future__ import annotations
@@ -72,18 +72,40 @@ class NpuLanguageModel:
         if n <= self.chunk:
             logits = self._run(x, positions, allowed, cache, feed.commit)
             return logits[start:end]
-        if not feed.commit or feed.blocks is not None:
-            raise CapabilityError(f"this NPU bundle runs at most {self.chunk} inputs at once without keeping them, "
-                                  f"or in one attention block; convert with a larger --chunk")
+        if not feed.commit:
+            if feed.blocks is not None:  # a diffusion block being denoised
+                raise CapabilityError(f"an attention block of {n} inputs does not fit this NPU bundle's chunk of "
+                                      f"{self.chunk}; decode with --block-size {self.chunk} or less, or convert with a "
+                                      "larger --chunk")
+            raise CapabilityError(f"this NPU bundle scores at most {self.chunk} inputs at once without keeping them; "
+                                  "convert with a larger --chunk")
         rows = []
-        for at in range(0, n, self.chunk):  # causal: each chunk sees the ones before through the cache
-            part = slice(at, min(at + self.chunk, n))
+        for part in self._pieces(feed.blocks, n):  # each piece sees the ones before it through the cache
+            at = part.start
             seen = np.concatenate([allowed[part, :past + at], allowed[part, past + at:past + part.stop]], axis=1)
             logits = self._run(x[part], positions[part], seen, cache, True)
             lo, hi = max(start - at, 0), min(end - at, part.stop - at)
             if lo < hi:
                 rows.append(logits[lo:hi])
         return np.concatenate(rows) if rows else np.zeros((0, self.vocab_size), np.float32)
+
+    def _pieces(self, blocks: Sequence[int] | None, n: int) -> list[slice]:
+        """A committed feed of n > C inputs cut into runs of at most C that no earlier input needs
+        to see past: anywhere for causal attention, else between attention blocks (whole blocks
+        packed into each run), so the runs one after another compute what one run would."""
+        if blocks is None:
+            return [slice(at, min(at + self.chunk, n)) for at in range(0, n, self.chunk)]
+        starts = [i for i in range(n) if i == 0 or blocks[i] != blocks[i - 1]] + [n]
+        pieces, first = [], 0
+        for lo, hi in zip(starts, starts[1:]):
+            if hi - lo > self.chunk:
+                raise CapabilityError(f"an attention block of {hi - lo} inputs does not fit this NPU bundle's chunk "
+                                      f"of {self.chunk}; decode with --block-size {self.chunk} or less, or convert "
+                                      "with a larger --chunk")
+            if hi - first > self.chunk:
+                pieces.append(slice(first, lo))
+                first = lo
+        return pieces + [slice(first, n)]
 
     def _inputs(self, feed: Feed) -> np.ndarray:
         parts = [self.embed(feed.tokens)] if len(feed.tokens) else []
