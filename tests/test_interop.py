@@ -39,6 +39,22 @@ def test_mlx_lm_loads_our_folder_and_decodes_our_tokens(arch, quant, converted):
     assert mlx_lm_greedy(folder, PROMPT, 16) == ours
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlx_lm_reads_the_checkpoints_rope(arch, converted, checkpoints):
+    """transformers >= 5 saves RoPE nested (rope_parameters), which mlx-lm's llama/qwen2/mistral do
+    not read: they fell back to their defaults and decoded other tokens wherever the checkpoint's
+    theta or scaling was not theirs. The folder gives RoPE's fields at the top level too."""
+    pytest.importorskip("mlx_lm", reason="mlx-lm is not installed")
+    import mlx_lm
+
+    _, hf = checkpoints(arch)
+    rope = dict(getattr(hf.config, "rope_parameters", None) or {})
+    model, _ = mlx_lm.load(str(converted(arch, "mlx", "none")))
+    assert float(model.args.rope_theta) == float(rope.get("rope_theta", getattr(hf.config, "rope_theta", 0)))
+    if rope.get("rope_type", "default") != "default":
+        assert model.args.rope_scaling["factor"] == rope["factor"]
+
+
 def test_bundled_chat_model_in_mlx_lm(tmp_path):
     out = tmp_path / "tiny-chat-mlx"
     from click.testing import CliRunner

@@ -164,10 +164,17 @@ def _read_json_file(path: Path) -> dict:
 
 def _write_mlx_lm_config(folder: Path, hf: dict, dtype: str, quant: Quantization) -> str:
     """config.json as mlx-lm (and mlx-swift's LLM loaders) read a converted folder: the source's
-    config, the weights' dtype, and mlx-lm's `quantization` entry for q8/q4 weights."""
+    config, RoPE's fields also where transformers 4 put them, the weights' dtype, and mlx-lm's
+    `quantization` entry for q8/q4 weights."""
     import json
 
     config = {k: v for k, v in hf.items() if k not in ("quantization", "quantization_config")}
+    params = config.get("rope_parameters")
+    if isinstance(params, dict):  # transformers >= 5 nests RoPE; mlx-lm's llama/qwen2/mistral read the top level
+        config.setdefault("rope_theta", params.get("rope_theta", 10000.0))
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        if scaling.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", scaling)
     config["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype]
     if quant.bits:
         config["quantization"] = {"group_size": quant.group_size, "bits": quant.bits}
