@@ -116,8 +116,9 @@ def _cached_foreign(model: str) -> Path | None:
 
 
 def genai_manifest(folder: Path):
-    """What edgegen needs to run an onnxruntime-genai folder, read from its genai_config.json."""
-    from edgegen.core.manifest import Manifest, Quantization
+    """What edgegen needs to run an onnxruntime-genai folder, read from its genai_config.json (and
+    its graph's quantized MatMuls: what `info` and `bench` report)."""
+    from edgegen.core.manifest import Manifest
     from edgegen.tokenizer import Tokenizer
 
     try:
@@ -125,15 +126,37 @@ def genai_manifest(folder: Path):
         model = genai["model"]
         context = int(model.get("context_length") or genai["search"]["max_length"])
         kind, vocab = str(model["type"]), int(model["vocab_size"])
+        filename = str(model["decoder"]["filename"])
+        eos = model.get("eos_token_id", [])
+        eos = [int(eos)] if isinstance(eos, int) else [int(i) for i in eos]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{folder / 'genai_config.json'} cannot be read ({exc}); is it onnxruntime-genai's?") from None
+        raise ConfigError(f"{folder / 'genai_config.json'} cannot be read ({type(exc).__name__}: {exc}); is it "
+                          "onnxruntime-genai's?") from None
     tokenizer = Tokenizer(folder)
+    eos += [i for i in tokenizer.eos_token_ids if i not in eos]  # genai stops at its own list (generation_config's)
     return Manifest(
-        family="ar", architecture=kind, runtime="onnx", dtype="fp32", quantization=Quantization(),
+        family="ar", architecture=kind, runtime="onnx", dtype="fp32", quantization=_genai_quantization(folder / filename),
         context_length=context, vocab_size=vocab,
-        special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
+        special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": eos},
         source={"path": str(folder), "layout": "onnxruntime-genai"}, config=genai,
-        files={"model": model["decoder"]["filename"]})
+        files={"model": filename})
+
+
+def _genai_quantization(graph: Path):
+    """q4/q8 with its block size where the builder's graph has MatMulNBits (its int4/int8 weights)."""
+    import onnx
+
+    from edgegen.core.manifest import Quantization
+
+    try:
+        nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    except Exception:  # a missing or damaged graph: said when the session opens it
+        return Quantization()
+    for node in nodes:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            return Quantization(f"q{attrs.get('bits', 4)}", int(attrs.get("block_size", 32)))
+    return Quantization()
 
 
 def mlx_lm_manifest(folder: Path):
@@ -141,20 +164,26 @@ def mlx_lm_manifest(folder: Path):
     from edgegen.core.manifest import Manifest, Quantization
     from edgegen.tokenizer import Tokenizer
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    q = config.get("quantization")
-    quant = Quantization()
-    if q:
-        extra = sorted(k for k in q if k not in ("group_size", "bits", "mode"))
-        if q.get("bits") not in (4, 8) or q.get("mode", "affine") != "affine" or extra:
-            raise ConfigError(f"{folder} is quantized as mlx-lm's {q!r:.80}; edgegen runs 4- and 8-bit affine "
-                              "quantization with one setting for every layer: convert the original checkpoint instead")
-        quant = Quantization(f"q{q['bits']}", int(q["group_size"]))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        q = config.get("quantization")
+        quant = Quantization()
+        if q:
+            extra = sorted(k for k in q if k not in ("group_size", "bits", "mode")) if isinstance(q, dict) else []
+            if not isinstance(q, dict) or q.get("bits") not in (4, 8) or q.get("mode", "affine") != "affine" or extra:
+                raise ConfigError(f"{folder} is quantized as mlx-lm's {q!r:.80}; edgegen runs 4- and 8-bit affine "
+                                  "quantization with one setting for every layer: convert the original checkpoint "
+                                  "instead")
+            quant = Quantization(f"q{q['bits']}", int(q["group_size"]))
+        context, vocab = int(config.get("max_position_embeddings") or 4096), int(config["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{folder / 'config.json'} cannot be read as an mlx-lm model's ({type(exc).__name__}: "
+                          f"{exc}); is the folder complete?") from None
     dtype = {"float16": "fp16", "bfloat16": "bf16"}.get(config.get("torch_dtype") or config.get("dtype"), "fp32")
     tokenizer = Tokenizer(folder)
     return Manifest(
         family="ar", architecture=str(config.get("model_type")), runtime="mlx", dtype=dtype, quantization=quant,
-        context_length=int(config.get("max_position_embeddings") or 4096), vocab_size=int(config["vocab_size"]),
+        context_length=context, vocab_size=vocab,
         special_tokens={"bos_token_id": tokenizer.bos_token_id, "eos_token_ids": list(tokenizer.eos_token_ids)},
         source={"path": str(folder), "layout": "mlx-lm"}, config=config,
         files={"weights": "*.safetensors"})

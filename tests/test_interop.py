@@ -6,11 +6,13 @@ Both decode the same greedy tokens as edgegen."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 import edgegen
 from conftest import ARCHS
+from edgegen.models import BUNDLED
 
 
 
@@ -190,6 +192,23 @@ def test_edgegen_runs_a_genai_builder_folder_as_genai_does(precision, genai_fold
         model.generate(ids, max_tokens=2, kv_bits=8)
     with pytest.raises(CapabilityError, match="embeddings"):
         model.complete("The json", drafts=2)
+    assert model.manifest.quantization.method == {"fp32": "none", "int4": "q4"}[precision]  # what info reports
+
+
+def test_a_genai_folder_stops_where_genai_does(genai_folders, tmp_path):
+    """genai stops at genai_config.json's eos_token_id (the checkpoint's generation_config list),
+    which edgegen ignored: it went on past the end genai gives."""
+    import shutil
+
+    folder = tmp_path / "eos"
+    shutil.copytree(genai_folders["fp32"], folder)
+    ids = edgegen.load(folder).tokenizer.encode("The json module in Python")
+    free = genai_greedy(folder, ids, 8)
+    config = json.loads((folder / "genai_config.json").read_text())
+    config["model"]["eos_token_id"] = [config["model"]["eos_token_id"], free[2]] \
+        if isinstance(config["model"]["eos_token_id"], int) else config["model"]["eos_token_id"] + [free[2]]
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    assert edgegen.load(folder).generate(ids, max_tokens=8).token_ids == free[:2]
 
 
 def test_genai_folders_from_the_command_line(genai_folders):
@@ -269,3 +288,17 @@ def test_damaged_peer_folders_are_one_line(tmp_path):
     (genai / "genai_config.json").write_text("{not json")
     out = CliRunner().invoke(main, ["generate", str(genai), "-p", "hi"])
     assert out.exit_code == 2 and "genai_config.json cannot be read" in out.output and "Traceback" not in out.output
+    (genai / "genai_config.json").write_text(json.dumps({"model": {"type": "llama", "vocab_size": 8, "context_length": 64}}))
+    out = CliRunner().invoke(main, ["generate", str(genai), "-p", "hi"])
+    assert out.exit_code == 2 and "genai_config.json cannot be read" in out.output and "decoder" in out.output
+
+    mlx = tmp_path / "mlx"
+    shutil.copytree(BUNDLED / "tiny-chat", mlx, ignore=shutil.ignore_patterns("ngram"))
+    config = json.loads((mlx / "config.json").read_text())
+    for damage in ({"quantization": "4bit"}, {"quantization": {"bits": 4}}, {"vocab_size": None},
+                   {"max_position_embeddings": "abc"}):
+        (mlx / "config.json").write_text(json.dumps({**config, "quantization": {"group_size": 64, "bits": 4},
+                                                     **damage}))
+        out = CliRunner().invoke(main, ["generate", str(mlx), "-p", "hi"])
+        assert out.exit_code == 2 and "Traceback" not in out.output and len(out.output.strip().splitlines()) == 1, \
+            (damage, out.output)

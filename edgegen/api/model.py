@@ -100,7 +100,10 @@ def load(model: str | Path, provider: str | None = None, *, device: str | None =
         backend = MLXLanguageModel(folder, manifest, device)
     else:
         raise ConfigError(f"{folder} targets runtime {manifest.runtime!r}, which this edgegen cannot run")
-    model = Model(backend, Tokenizer(folder), manifest, folder)
+    tokenizer = Tokenizer(folder)
+    if manifest.source.get("layout") == "onnxruntime-genai":  # genai stops at genai_config's list
+        tokenizer.eos_token_ids = tuple(manifest.special_tokens["eos_token_ids"])
+    model = Model(backend, tokenizer, manifest, folder)
     model.load_options = {"provider": provider, "device": device, "threads": threads}
     return model
 

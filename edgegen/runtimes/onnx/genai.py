@@ -42,6 +42,9 @@ class GenaiLanguageModel:
             filename = decoder["filename"]
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{folder / 'genai_config.json'} lacks {exc}; is it onnxruntime-genai's?") from None
+        if "logits" not in decoder["outputs"]:  # e.g. the builder's exclude_lm_head: hidden states out
+            raise ConfigError(f"{folder}'s genai decoder has no logits output (built without its LM head?); edgegen "
+                              "decodes from logits: build it with the LM head, or convert the original checkpoint")
         if "position_ids" in decoder["inputs"] or "inputs_embeds" in decoder["inputs"]:
             raise ConfigError(f"{folder} is a genai decoder with position_ids or inputs_embeds inputs, which edgegen "
                               "does not feed yet; use onnxruntime-genai, or convert the original checkpoint")
