@@ -5,6 +5,9 @@ same bundles on the QNN HTP backend where onnxruntime-qnn is installed."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -236,3 +239,17 @@ def test_w8a16_calibrates_on_a_given_text(tmp_path):
                                        "--quant", "w8a16", "--calibration", str(text)])
     assert result.exit_code == 0, result.output
     assert np.isfinite(edgegen.load(out).logits([5, 17, 42])).all()
+
+
+def test_bad_qnn_options_and_a_damaged_npu_entry_are_one_line(bundles, tmp_path, monkeypatch):
+    from edgegen.runtimes.onnx.session import qnn_options
+
+    monkeypatch.setenv("EDGEGEN_QNN_OPTIONS", "[1, 2]")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        qnn_options()
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundles("tiny-chat"), folder)
+    manifest = json.loads((folder / "edgegen.json").read_text())
+    (folder / "edgegen.json").write_text(json.dumps({**manifest, "npu": {"chunk": "x"}}))
+    with pytest.raises(ConfigError, match="edgegen.json is corrupt"):
+        edgegen.load(folder)

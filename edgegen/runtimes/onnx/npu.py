@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgegen.archs import arch_module
-from edgegen.core.errors import CapabilityError, ContextOverflow, InferenceError
+from edgegen.core.errors import CapabilityError, ConfigError, ContextOverflow, InferenceError
 from edgegen.core.manifest import Manifest
 from edgegen.core.protocols import Capability, Feed, KVSpec
 from edgegen.core.static_feeds import NEG, HostCache, StaticShape, causal
@@ -32,7 +32,11 @@ class NpuLanguageModel:
         self.folder, self.manifest = folder, manifest
         self.config = c = arch_module(manifest.architecture).parse_config(manifest.config)
         self.vocab_size, self.hidden_size = c.vocab_size, c.hidden_size
-        self.capacity, self.chunk = int(manifest.npu["context"]), int(manifest.npu["chunk"])
+        try:
+            self.capacity, self.chunk = int(manifest.npu["context"]), int(manifest.npu["chunk"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{folder / 'edgegen.json'} is corrupt (its npu entry: {type(exc).__name__} {exc}); "
+                              "convert the model again") from None
         self.context_length = self.capacity
         self.provider = choose_provider(provider)  # one absent from this build: the CPU, said in one line
         files = manifest.files

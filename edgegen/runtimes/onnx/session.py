@@ -147,6 +147,9 @@ def qnn_options() -> dict[str, str]:
         chosen = json.loads(extra) if extra else {}
     except ValueError:
         raise ConfigError(f"EDGEGEN_QNN_OPTIONS is not JSON: {extra[:80]!r}") from None
+    if not isinstance(chosen, dict):
+        raise ConfigError(f"EDGEGEN_QNN_OPTIONS must be a JSON object of QNN options, e.g. "
+                          f"'{{\"soc_model\": \"60\"}}'; got {extra[:80]!r}")
     return {"backend_type": "htp", **{str(k): str(v) for k, v in chosen.items()}}
 
 
