@@ -253,3 +253,9 @@ def test_bad_qnn_options_and_a_damaged_npu_entry_are_one_line(bundles, tmp_path,
     (folder / "edgegen.json").write_text(json.dumps({**manifest, "npu": {"chunk": "x"}}))
     with pytest.raises(ConfigError, match="edgegen.json is corrupt"):
         edgegen.load(folder)
+
+
+def test_kv_bits_auto_on_a_bundle_is_refused_before_measuring(bundles):
+    result = CliRunner().invoke(main, ["generate", str(bundles("tiny-chat")), "-p", "hi", "--kv-bits", "auto"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "keeps a float KV cache" in lines[0], result.stderr

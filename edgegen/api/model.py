@@ -17,12 +17,12 @@ from edgegen.api.drafts import Drafts
 from edgegen.api.text import StopText, TokenGate
 from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
-from edgegen.core.errors import ConfigError, EdgegenError
+from edgegen.core.errors import CapabilityError, ConfigError, EdgegenError
 from edgegen.core.manifest import Manifest
 from edgegen.core.memory import peak_rss_mb
 from edgegen.core.options import DiffusionOptions, GenerateOptions, SpeculativeOptions
 from edgegen.core.outputs import atomic_file
-from edgegen.core.protocols import KVSpec, LanguageModel
+from edgegen.core.protocols import Capability, KVSpec, LanguageModel
 from edgegen.core.stats import GenerationStats, ToolCall
 from edgegen.decoding import block_diffusion, ngram, speculative
 from edgegen.decoding.autoregressive import Session, check_prompt, generate
@@ -392,6 +392,9 @@ class Model:
                 return json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
             except (OSError, ValueError, KeyError):
                 pass
+        if not Capability.QUANTIZED_KV & getattr(self.backend, "capabilities", Capability.NONE):  # before measuring
+            raise CapabilityError(f"{getattr(self.backend, 'description', 'this model')} keeps a float KV cache; "
+                                  "--kv-bits (auto included) needs a model edgegen converted for its CPU graphs or MLX")
         text = bundled_text(HELDOUT)
         ids = [i for i in self.tokenizer.encode(text) if i < self.backend.vocab_size][:KV_AUTO_TOKENS]
         print("edgegen: measuring which KV precision keeps perplexity within 1% (once per model)", file=sys.stderr)
