@@ -208,6 +208,16 @@ def test_numbered_images_that_exist_are_refused_before_any_work(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x-3.png", "x-9.png"]
 
 
+def test_numbered_images_beside_an_image_of_the_same_name(tmp_path):
+    """docs/images.md's walkthrough: one image to three.png, then -n 2 to the same -o, which writes
+    three-1.png and three-2.png and not three.png (so three.png is no obstacle)."""
+    one = CliRunner().invoke(main, ["image", "-c", "3", "-o", str(tmp_path / "three.png")])
+    assert one.exit_code == 0, one.output
+    more = CliRunner().invoke(main, ["image", "-c", "3", "-n", "2", "--seed", "0", "-o", str(tmp_path / "three.png")])
+    assert more.exit_code == 0, more.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["three-1.png", "three-2.png", "three.png"]
+
+
 @pytest.fixture
 def little_memory(monkeypatch):
     """As if the system had 4 MiB available."""

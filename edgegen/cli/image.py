@@ -24,12 +24,15 @@ def output_path(out: Path, i: int, count: int, as_grid: bool) -> Path:
 
 def check_outputs(out: Path, count: int, as_grid: bool, force: bool) -> Path:
     """Refuse now (one line) any of the `count` outputs that may not be written, in time that does
-    not grow with `count`: OUT, and the numbered files already there (a listing of OUT's folder)."""
+    not grow with `count`: OUT for one image or a grid, else the numbered files already there (a
+    listing of OUT's folder). Returns OUT resolved."""
     from edgegen.core.outputs import check_output
     from edgegen.images import is_edgegen_png
 
-    out = check_output(out, force=force, ours=is_edgegen_png)
-    if count > 1 and not as_grid and out.parent.is_dir():
+    if count == 1 or as_grid:
+        return check_output(out, force=force, ours=is_edgegen_png)
+    out = check_output(output_path(out, 0, count, as_grid), force=force, ours=is_edgegen_png).with_name(out.name)
+    if out.parent.is_dir():  # (OUT itself is not written: an image already there is no obstacle)
         pattern = re.compile(re.escape(out.stem) + r"-([1-9][0-9]*)" + re.escape(out.suffix or ".png"))
         for entry in out.parent.iterdir():
             match = pattern.fullmatch(entry.name)

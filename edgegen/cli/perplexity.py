@@ -20,7 +20,8 @@ from edgegen.cli._app import main
               help="KV-cache precision (default: the runtime's float cache).")
 @click.option("--kv-group-size", default=64, show_default=True, type=int)
 @click.option("--context", default=None, type=int, help="Window length in tokens (default: the model's context).")
-@click.option("--max-tokens", default=None, type=int, help="Score at most this many tokens of the text.")
+@click.option("--max-tokens", default=None, type=int,
+              help="Read at most this many tokens of the text (the first has no context: N - 1 are scored).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--provider", default=None, help="ONNX Runtime provider.")
 @click.option("--device", default=None, help="MLX device.")

@@ -105,8 +105,10 @@ class Manifest:
         table = self.kv.get("bytes_per_token") or {}
         if not table:
             return []
-        names = {"float": "float", "16": "16-bit", "8": "8-bit", "4": "4-bit"}
-        cells = [f"{names.get(k, k)} {int(v):,}" for k, v in table.items()]
+        names = {"float": "float", "16": "16-bit", "8": "8-bit", "4": "4-bit"}  # largest first
+        order = list(names)
+        cells = [f"{names.get(k, k)} {int(v):,}" for k, v in
+                 sorted(table.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))]
         return [("KV bytes per token", " · ".join(cells))]
 
     def _var_rows(self) -> list[tuple[str, str]]:
