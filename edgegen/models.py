@@ -201,9 +201,26 @@ STAMP = "edgegen.source.json"  # beside a cached conversion: what its source loo
 
 
 def _source_stamp(folder: Path) -> str:
-    """Names and sizes of every file of a local source: a changed source is converted again."""
-    files = sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+    """Names, sizes and modification times of every file of a local source: a changed source is
+    converted again (a retrained or edited file keeps its size, not its time), without reading it."""
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file())
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def _hub_stamp(model: str) -> str:
+    """A hub id's stamp: the revision its cached snapshot holds now (a new revision fetched into
+    the Hugging Face cache is converted again); the id alone before anything is cached."""
+    if model.count("/") != 1:
+        return model
+    try:
+        from huggingface_hub import snapshot_download
+
+        from edgegen.converters.hub import ALLOW_PATTERNS
+
+        return f"{model}@{Path(snapshot_download(model, allow_patterns=ALLOW_PATTERNS, local_files_only=True)).name}"
+    except Exception:  # not cached: huggingface_hub's own error types
+        return model
 
 
 def _read_stamp(folder: Path) -> str | None:
@@ -235,7 +252,7 @@ def locate(model: str | None, runtime: str | None = None, quant: str = "none") -
     digest = hashlib.sha256(str(Path(src).expanduser().resolve() if Path(src).exists() else src).encode()).hexdigest()
     suffix = "" if quant == "none" else f"-{quant}"
     out = cache_dir() / "converted" / f"{slug}-{digest[:8]}-{runtime}{suffix}"
-    stamp = _source_stamp(Path(src).expanduser()) if Path(src).expanduser().is_dir() else src
+    stamp = _source_stamp(Path(src).expanduser()) if Path(src).expanduser().is_dir() else _hub_stamp(src)
     if not _is_current(out) or _read_stamp(out) != stamp:
         convert_source(model, out, runtime=runtime, quant=quant, force=True)
         (out / STAMP).write_text(json.dumps({"source": stamp}), encoding="utf-8")

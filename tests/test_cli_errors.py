@@ -174,3 +174,16 @@ def test_an_ngram_store_is_not_taken_for_a_model():
                                          (["perplexity", "--kv-group-size", "7"], "--kv-group-size ")])
 def test_complete_and_perplexity_name_the_flag_too(bundled_converted, args, named):
     assert_one_line_error(run(*args), named)
+
+
+def test_an_mlx_group_size_that_quantizes_nothing_is_refused(checkpoints, tmp_path):
+    """These checkpoints' widths are 64 and 96: at --group-size 128 MLX would quantize no layer and
+    the folder would call itself q4 (it did, byte for byte the fp32 weights); 64 keeps the 96-wide
+    layers in float and says so."""
+    src = str(checkpoints("qwen2")[0])
+    refused = run("convert", src, "-o", str(tmp_path / "g128"), "--runtime", "mlx", "--quant", "q4",
+                  "--group-size", "128")
+    assert_one_line_error(refused, "--group-size 128 divides none", "--group-size 32")
+    assert not (tmp_path / "g128").exists()
+    some = run("convert", src, "-o", str(tmp_path / "g64"), "--runtime", "mlx", "--quant", "q4", "--group-size", "64")
+    assert some.returncode == 0 and "kept in float" in some.stderr

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 import edgegen
 from conftest import RUNTIMES
 from edgegen.cli import main
+from edgegen.core.options import GenerateOptions
 from edgegen.core.protocols import Feed, KVSpec
 from edgegen.decoding.perplexity import perplexity
 from edgegen.models import BUNDLED
@@ -265,3 +266,13 @@ def test_onnx_step_feeds_bound_once_give_each_forward_its_own_inputs(converted):
     backend.forward(Feed(long[:250]), cache)
     steps = [backend.forward(Feed([t]), cache) for t in long[250:]]  # past 256 cached tokens: regrown
     np.testing.assert_allclose(np.concatenate(steps), reference[250:], atol=1e-4)
+
+
+def test_kv_bits_auto_chooses_among_the_precisions_the_runtime_keeps(converted):
+    """MLX quantizes a KV cache only where head_dim divides by 32 (these checkpoints: 16): auto
+    measured 4 and 8 bits, failed on the first, and the command ended; it skips them now."""
+    model = edgegen.load(converted("qwen2", "mlx"))
+    assert model.backend.config.head_dim % 32
+    result = model.generate([5, 17, 42], max_tokens=3, kv_bits="auto")
+    assert result.stats.generated_tokens == 3
+    assert model.kv_spec(GenerateOptions.from_kwargs(kv_bits="auto")) in (None, KVSpec(bits=16))

@@ -199,3 +199,46 @@ def test_bare_edgegen_shows_its_help_as_written():
     result = run()
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("Usage: edgegen") and "\nCommands:\n" in result.stderr
+
+
+def test_a_source_edited_in_place_is_converted_again(tmp_path, monkeypatch, capsys):
+    """The cache's stamp of a local source: names, sizes and modification times (a retrained or
+    edited file keeps its size; the stamp once held sizes only, and the old conversion was served)."""
+    import os
+
+    from edgegen.models import BUNDLED, locate
+
+    monkeypatch.setenv("EDGEGEN_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "src"
+    shutil.copytree(BUNDLED / "tiny-draft", src)
+    locate(str(src))
+    assert "converted" in capsys.readouterr().err
+    locate(str(src))
+    assert "converted" not in capsys.readouterr().err
+    config = src / "config.json"
+    config.write_text(config.read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": 2e-05'))
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # (a coarse clock could give the same time)
+    assert config.stat().st_size == stat.st_size
+    out = locate(str(src))
+    assert "converted" in capsys.readouterr().err
+    assert json.loads((out / "edgegen.json").read_text())["config"]["rms_norm_eps"] == 2e-05
+
+
+def test_sigterm_inside_an_import_still_exits_quietly(monkeypatch):
+    """SIGTERM's SystemExit raised inside a module's import comes out as ImportError (onnxruntime's
+    lazy import during convert): still exit 143, no traceback."""
+    from click.testing import CliRunner
+
+    from edgegen.cli import _app, main
+
+    def interrupted(*_args, **_kwargs):
+        _app._TERMINATED.set()
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr("edgegen.models.locate", interrupted)
+    try:
+        result = CliRunner().invoke(main, ["info", "tiny-chat"])
+    finally:
+        _app._TERMINATED.clear()
+    assert result.exit_code == 143 and "Traceback" not in result.output, result.output

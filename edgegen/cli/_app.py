@@ -27,11 +27,19 @@ def _follower() -> bool:
     return is_follower()
 
 
+_TERMINATED = threading.Event()
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    _TERMINATED.set()
+    sys.exit(128 + signum)
+
+
 def _exit_cleanly_on_sigterm() -> Any:
     """SIGTERM (a service manager, `kill`) becomes SystemExit(143), so that every `finally` runs:
     a half-written output is removed, as it is on Ctrl-C. Returns the handler it replaced."""
     if threading.current_thread() is threading.main_thread():
-        return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        return signal.signal(signal.SIGTERM, _terminate)
     return None
 
 
@@ -90,6 +98,10 @@ class Group(click.Group):
             _drop_stdout()
             where = f" ({exc.filename})" if exc.filename else ""
             fail(f"{exc.strerror or exc}{where}; check the output path, its permissions and the free space", 2)
+        except Exception:
+            if _TERMINATED.is_set():  # the SystemExit of SIGTERM, raised inside an import, came out as another error
+                sys.exit(143)
+            raise
         finally:
             _restore_sigterm(previous)
 

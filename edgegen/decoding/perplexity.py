@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from edgegen.core.errors import ConfigError
+from edgegen.core.errors import CapabilityError, ConfigError
 from edgegen.core.protocols import Feed, KVSpec, LanguageModel
 
 
@@ -75,7 +75,11 @@ def choose_kv_bits(model: LanguageModel, ids: Sequence[int], tolerance: float = 
     measured = {"float": round(base, 4)}
     chosen = None
     for bits in sorted(candidates):
-        value = perplexity(model, ids, kv=KVSpec(bits=bits)).perplexity
+        try:
+            value = perplexity(model, ids, kv=KVSpec(bits=bits)).perplexity
+        except CapabilityError:  # a precision this model's runtime cannot keep (e.g. MLX, head_dim 16)
+            measured[str(bits)] = None
+            continue
         measured[str(bits)] = round(value, 4)
         if value <= base * (1 + tolerance):
             chosen = bits

@@ -162,9 +162,9 @@ def make_cache(num_layers: int, max_length: int, spec: KVSpec | None, head_dim: 
     if head_dim % spec.group_size:  # groups never span two heads: take the largest that fits
         fits = [g for g in (128, 64, 32) if g <= spec.group_size and head_dim % g == 0]
         if not fits:
-            from edgegen.core.errors import ConfigError
+            from edgegen.core.errors import CapabilityError
 
-            raise ConfigError(f"a quantized MLX KV cache needs head_dim divisible by 32 (this model has "
-                              f"{head_dim}); use the float cache")
+            raise CapabilityError(f"a quantized MLX KV cache needs head_dim divisible by 32 (this model has "
+                                  f"{head_dim}); use the float cache or --kv-bits 16")
         spec = dataclasses.replace(spec, group_size=fits[0])
     return QuantizedMLXKVCache(num_layers, max_length, spec)
