@@ -146,7 +146,10 @@ class GrammarConstraint:
                 self.matcher.consume_tokens(rest[:fits])
                 self.consumed += rest[:fits]
             if self.matcher.is_error():
-                raise InferenceError(f"the output left its grammar "
-                                     f"({' '.join(self.matcher.get_error().split())[:200]})")
+                error = " ".join(self.matcher.get_error().split())
+                if "too many" in error.lower() or "limit" in error.lower():  # the grammar's size, not the model
+                    raise ConfigError(f"the grammar (or regex or schema) grows past llguidance's limits as it is "
+                                      f"matched ({error[:160]}); simplify it")
+                raise InferenceError(f"the output left its grammar ({error[:200]})")
             return fits == len(rest)
         return True

@@ -72,6 +72,10 @@ class ImageModel:
 
     def class_id(self, label: int | str) -> int:
         """A class id from an id or a class name."""
+        if isinstance(label, bool) or not isinstance(label, (int, str, np.integer)):
+            raise ConfigError(f"a class is an id or a name, got {label!r:.40}")
+        if isinstance(label, str) and len(label) > 12 and label.lstrip("-").isdigit():  # (int() refuses 4,300 digits)
+            raise ConfigError(f"class {label[:12]}… is out of range; this model has classes 0..{self.num_classes - 1}")
         if isinstance(label, str) and not label.lstrip("-").isdigit():
             if label in self.class_names:
                 return self.class_names.index(label)
@@ -108,7 +112,9 @@ class ImageModel:
         """The images of `generate`, one batch at a time, so memory holds one batch whatever `n`.
         With a seed, image i is the same whatever the batch size (it draws from (seed, i))."""
         labels = self._labels(classes, n)  # image i is of class labels[i // n]: no list of every image
-        sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p), seed=seed).validated()
+        ScaleSampling(cfg=cfg, top_k=top_k, top_p=top_p, seed=seed).validated()  # (types too, before converting)
+        sampling = ScaleSampling(cfg=float(cfg), top_k=int(top_k), top_p=float(top_p),
+                                 seed=None if seed is None else int(seed))
         if sampling.seed is None:  # one seed for the whole run, so its images never repeat across batches
             sampling = dataclasses.replace(sampling, seed=int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1))
         count = len(labels) * n
@@ -138,7 +144,9 @@ class ImageModel:
         """The class ids asked for, each once (`n` images of each are made)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be a positive number of images, not {n!r}")
-        labels = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
+        labels = [classes] if isinstance(classes, (int, str, np.integer)) else classes
+        if not isinstance(labels, (list, tuple, np.ndarray)) or not len(labels):
+            raise ConfigError(f"classes must be a class (id or name) or a non-empty list of them, got {classes!r:.40}")
         return [self.class_id(label) for label in labels]
 
     def generate_tokens(self, classes: Sequence[int], tokens: Sequence[np.ndarray], cfg: float = 4.0):

@@ -34,8 +34,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(_read_text(path))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} does not hold a JSON object; restore the file or convert the model again")
     return data
@@ -59,7 +59,7 @@ def _escaped_only(text: str) -> bool:
 def _token_text(value: Any) -> str | None:
     """`bos_token` etc. may be a string or a serialized AddedToken dict."""
     if isinstance(value, dict):
-        return value.get("content")
+        value = value.get("content")
     return value if isinstance(value, str) else None
 
 
@@ -69,8 +69,11 @@ def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
         return _read_text(jinja)
     template = config.get("chat_template") or _read_json(folder / "chat_template.json").get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template}
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
+    if template is not None and not isinstance(template, str):
+        raise ConfigError(f"{folder}'s chat_template is a {type(template).__name__}, not a template's text; "
+                          "restore tokenizer_config.json")
     return template
 
 
@@ -94,7 +97,10 @@ class Tokenizer:
 
     def _eos_ids(self, generation: dict[str, Any]) -> tuple[int, ...]:
         ids = generation.get("eos_token_id")
-        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else ids
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"generation_config.json's eos_token_id must be a token id or a list of them, got "
+                              f"{generation.get('eos_token_id')!r:.60}; restore the file")
         own = self._id_of(self.special_tokens.get("eos_token"))
         if own is not None and own not in ids:
             ids.append(own)
@@ -146,9 +152,13 @@ class Tokenizer:
             template = _compile_template(self.chat_template)
             return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                                    **self.special_tokens, **kwargs)
-        except TemplateError as exc:
-            raise ConfigError(f"the model's chat template cannot be rendered ({exc}); fix chat_template "
-                              "in tokenizer_config.json (or chat_template.jinja), or use --raw") from None
+        except MemoryError:
+            raise
+        except (TemplateError, ArithmeticError, LookupError, RecursionError, TypeError, ValueError,
+                AttributeError) as exc:  # a broken template fails in any of these ways while it renders
+            raise ConfigError(f"the model's chat template cannot be rendered ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); fix chat_template in tokenizer_config.json (or "
+                              "chat_template.jinja), or use --raw") from None
 
     def encode_chat(self, messages: Iterable[dict[str, Any]], **kwargs: Any) -> list[int]:
         # A rendered template already carries its special tokens (transformers does the same).

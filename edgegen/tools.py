@@ -60,10 +60,34 @@ def tool_format(template: str | None) -> ToolFormat:
 
 
 # ---------------------------------------------------------------------------- the prompt
+def _listed(messages: Any) -> list[Any]:
+    if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Iterable):
+        raise ConfigError(f"messages must be a list of {{role, content}} objects, got {type(messages).__name__}")
+    return list(messages)
+
+
+def _text_message(message: Any, i: int) -> dict[str, Any]:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ConfigError(f"messages[{i}] must be an object with a string role, got {message!r:.60}")
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI's content parts: text only
+        texts = [part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None for part in content]
+        if any(not isinstance(t, str) for t in texts):
+            raise ConfigError(f"messages[{i}].content has a part that is not text; edgegen's models read text")
+        content = "".join(texts)
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ConfigError(f"messages[{i}].content must be text, got {type(content).__name__}")
+    return {**message, "content": content}
+
+
 def chat_prompt(messages: Iterable[dict[str, Any]], output: OutputOptions,
                 template: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The messages and extra template variables that render `messages` with `output`'s tools."""
-    messages = list(messages)
+    """The messages and extra template variables that render `messages` with `output`'s tools.
+    Each message is {role, content} with text content, as in OpenAI's format: null content is empty
+    and a list of text parts is joined."""
+    messages = [_text_message(m, i) for i, m in enumerate(_listed(messages))]
     has_history = any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
     if not output.tools and not has_history:
         return messages, {}
@@ -81,13 +105,15 @@ def chat_prompt(messages: Iterable[dict[str, Any]], output: OutputOptions,
 def _arguments(call: dict[str, Any]) -> tuple[str, Any]:
     """(name, arguments as an object) of a past call, OpenAI's shape or the template's."""
     function = call.get("function", call) if isinstance(call, dict) else {}
+    if not isinstance(function, dict):
+        raise ConfigError(f"a tool call in the messages has a function that is not an object: {function!r:.60}")
     name, arguments = function.get("name"), function.get("arguments", {})
     if not isinstance(name, str):
         raise ConfigError("a tool call in the messages has no function name")
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ConfigError(f"the arguments of the call to {name!r} in the messages are not JSON") from None
     return name, arguments
 

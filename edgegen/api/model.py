@@ -14,7 +14,7 @@ import numpy as np
 from edgegen.api import completion
 from edgegen.api.completion import Completion
 from edgegen.api.drafts import Drafts
-from edgegen.api.text import StopText, TokenGate
+from edgegen.api.text import StopText, TokenGate, check_text_length
 from edgegen.core.data import HELDOUT, bundled_text
 from edgegen.core.diffusion import DiffusionSpec
 from edgegen.core.errors import CapabilityError, ConfigError, EdgegenError
@@ -210,6 +210,8 @@ class Model:
     def encode_chat(self, messages: Iterable[dict[str, Any]], options: GenerateOptions | None = None) -> list[int]:
         """The prompt ids of `messages` as the chat template renders them, with `options`' tools."""
         messages, extra = chat_prompt(messages, (options or GenerateOptions()).output, self.tokenizer.chat_template)
+        check_text_length(sum(len(m.get("content") or "") if isinstance(m.get("content"), str) else 0
+                              for m in messages), self.backend.context_length)
         return self.tokenizer.encode_chat(messages, **extra)
 
     def complete(self, prompt: str | Sequence[int], options: GenerateOptions | None = None,
@@ -389,9 +391,11 @@ class Model:
         record = self.folder / KV_AUTO_FILE if self.folder else None
         if record is not None and record.is_file():
             try:
-                return json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
-            except (OSError, ValueError, KeyError):
-                pass
+                bits = json.loads(record.read_text(encoding="utf-8"))["kv_bits"]
+                if bits in (None, 16, 8, 4) and not isinstance(bits, bool):
+                    return bits
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable or damaged: measured again
         if not Capability.QUANTIZED_KV & getattr(self.backend, "capabilities", Capability.NONE):  # before measuring
             raise CapabilityError(f"{getattr(self.backend, 'description', 'this model')} keeps a float KV cache; "
                                   "--kv-bits (auto included) needs a model edgegen converted for its CPU graphs or MLX")
@@ -412,6 +416,7 @@ class Model:
 
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
+            check_text_length(len(prompt), self.backend.context_length)
             ids = self.tokenizer.encode(prompt)
             if not ids:
                 raise ConfigError("the prompt is empty: give at least one token")

@@ -6,6 +6,23 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from edgegen.core.errors import ContextOverflow
+
+CHARS_PER_TOKEN = 32  # far above any tokenizer's average, so a prompt that fits is never refused
+
+
+def text_limit(context: int) -> int:
+    """The most characters a prompt for a context of `context` tokens is read or tokenized at."""
+    return max(context * CHARS_PER_TOKEN, 1 << 16)
+
+
+def check_text_length(chars: int, context: int) -> None:
+    """Refuse, before tokenizing it, a prompt far longer than the context could hold (a 10 MB
+    prompt was tokenized whole, a GB of memory, only to be refused)."""
+    if chars > text_limit(context):
+        raise ContextOverflow(f"the prompt has {chars:,} characters, more than the model's context of {context:,} "
+                              f"tokens could take (the limit is {text_limit(context):,} characters); shorten it")
+
 
 class StopText:
     """Holds back text that might be the start of a stop string; cuts at the first stop string."""

@@ -286,20 +286,18 @@ def reply(llm, messages: list[dict[str, str]], options) -> str:
 def read_prompt(prompt: str, llm) -> str:
     """The prompt, or standard input for '-', read only as far as the model's context could use:
     an endless or huge input (`< /dev/zero`) is one line, not all memory."""
+    from edgegen.api.text import text_limit
     from edgegen.core.errors import ContextOverflow
 
     if prompt != "-":
         return prompt
     context = llm.backend.context_length
-    limit = max(context * CHARS_PER_TOKEN, 1 << 16)
+    limit = text_limit(context)
     text = sys.stdin.read(limit + 1)
     if len(text) > limit:
         raise ContextOverflow(f"standard input holds more than {limit:,} characters, more than the model's context "
                               f"of {context:,} tokens could take; shorten the prompt")
     return text
-
-
-CHARS_PER_TOKEN = 32  # far above any tokenizer's average, so a prompt that fits is never cut
 
 
 def prompt_ids(llm, text: str, raw: bool) -> list[int]:

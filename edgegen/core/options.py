@@ -96,6 +96,25 @@ class KVOptions:
             raise ConfigError(f"kv_group_size must be 32, 64 or 128, got {self.kv_group_size!r}")
 
 
+MAX_STOPS, MAX_STOP_CHARS = 64, 1000
+MAX_SCHEMA_DEPTH = 256
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in `value`, without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if level + 1 > MAX_SCHEMA_DEPTH:
+                    return level + 1
+                deepest = max(deepest, level + 1)
+                todo.append((child, level + 1))
+    return deepest if isinstance(value, (dict, list)) else 0
+
+
 DLLM_RULES = ("fixed", "threshold", "factor", "dynamic", "entropy_bounded", "first_hitting", "origin",
               "maskgit_plus", "topk_margin", "entropy")
 DLLM_CACHES = ("block", "dual", "prefix", "none")
@@ -173,10 +192,12 @@ class OutputOptions:
         if isinstance(self.json_schema, str):
             try:
                 object.__setattr__(self, "json_schema", json.loads(self.json_schema))
-            except ValueError as exc:
-                raise ConfigError(f"json_schema is not valid JSON ({exc})") from None
+            except (ValueError, RecursionError) as exc:
+                raise ConfigError(f"json_schema is not valid JSON ({str(exc)[:200]})") from None
         if self.json_schema is not None and not isinstance(self.json_schema, (dict, bool)):
             raise ConfigError(f"json_schema must be a JSON object (a JSON Schema), got {self.json_schema!r:.60}")
+        if _depth(self.json_schema) > MAX_SCHEMA_DEPTH:  # the grammar compiler recurses (and crashed past ~4,000)
+            raise ConfigError(f"json_schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; flatten it")
         for name in ("regex", "grammar"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -273,7 +294,10 @@ class GenerateOptions:
         object.__setattr__(self, "max_tokens", _number("max_tokens", self.max_tokens, int, 1, 2**31 - 1))
         stop = (self.stop,) if isinstance(self.stop, str) else self.stop
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
-            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r}")
+            raise ConfigError(f"stop must be a string or a list of strings, got {self.stop!r:.80}")
+        if len(stop) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stop):  # each is searched at every token
+            raise ConfigError(f"stop takes at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters, got "
+                              f"{len(stop)} (longest {max(map(len, stop))})")
         object.__setattr__(self, "stop", tuple(stop))
         if not isinstance(self.ignore_eos, bool):
             raise ConfigError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
@@ -281,6 +305,9 @@ class GenerateOptions:
     @classmethod
     def from_kwargs(cls, base: "GenerateOptions | None" = None, **kwargs: Any) -> "GenerateOptions":
         """Flat keyword arguments (those of `keys()`) over `base` (or the defaults)."""
+        if base is not None and not isinstance(base, cls):
+            raise ConfigError(f"options must be a GenerateOptions, got {type(base).__name__}; or give them as "
+                              "keywords (generate(prompt, max_tokens=32))")
         base = base or cls()
         unknown = sorted(set(kwargs) - set(cls.keys()))
         if unknown:

@@ -31,6 +31,12 @@ class ScaleSampling:
     seed: int | None = None
 
     def validated(self) -> "ScaleSampling":
+        for name, value, kinds in (("cfg", self.cfg, (int, float)), ("top-k", self.top_k, (int,)),
+                                   ("top-p", self.top_p, (int, float)), ("seed", self.seed, (int, type(None)))):
+            if isinstance(value, bool) or not isinstance(value, kinds + (np.integer, np.floating)) or (
+                    name in ("top-k", "seed") and isinstance(value, (float, np.floating))):
+                raise ConfigError(f"--{name} must be {'an integer' if name in ('top-k', 'seed') else 'a number'}, "
+                                  f"not {value!r:.40}")
         if not np.isfinite(self.cfg) or self.cfg < 0:
             raise ConfigError(f"--cfg must be a finite number ≥ 0, not {self.cfg}")
         if self.top_k < 0:

@@ -29,7 +29,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edgegen.core import options as core_options
-from edgegen.core.errors import ConfigError, EdgegenError
+from edgegen.api.text import check_text_length
+from edgegen.core.errors import ConfigError, ContextOverflow, EdgegenError
 from edgegen.core.memory import out_of_memory_message
 from edgegen.core.options import GenerateOptions
 from edgegen.core.stats import GenerationStats
@@ -71,9 +72,16 @@ class Service:
                 raise bad("this model has no chat template; use /v1/completions with a plain prompt", param)
             try:
                 ids = self.model.encode_chat(request.prompt, request.options)
+            except ContextOverflow as exc:
+                raise bad(str(exc), param, "context_length_exceeded") from None
             except ConfigError as exc:
                 raise bad(str(exc), param) from None
         else:
+            if isinstance(request.prompt, str):
+                try:
+                    check_text_length(len(request.prompt), self.context_length)
+                except ContextOverflow as exc:
+                    raise bad(str(exc), param, "context_length_exceeded") from None
             ids = tokenizer.encode(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
         if not ids:
             raise bad("the prompt is empty: give at least one token", param)
@@ -206,7 +214,7 @@ def _submit(service: Service, request: Request, ids: list[int]) -> Job:
 def _warning(ignored: list[str]) -> dict[str, str]:
     if not ignored:
         return {}
-    names = ", ".join(name.encode("ascii", "backslashreplace").decode()[:40] for name in ignored[:20])
+    names = ", ".join(name.encode("unicode_escape").decode("ascii")[:40] for name in ignored[:20])  # no control bytes
     return {"X-Edgegen-Warning": f"ignored unsupported fields: {names}"}
 
 

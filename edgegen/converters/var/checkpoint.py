@@ -111,8 +111,12 @@ def _read_pth(path: Path) -> dict[str, np.ndarray]:
     except ImportError:
         raise ConversionError(f"reading {path.name} needs PyTorch: `pip install 'edgegen[pth]'`, or save the "
                               "checkpoint as safetensors") from None
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns at length before refusing a pickle; the refusal is ours
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but tensors; RuntimeError for a broken zip
         first = " ".join(str(exc).split())[:160]
         raise ConversionError(f"{path.name} is not a weights-only PyTorch checkpoint ({first}); edgegen never "
