@@ -187,3 +187,9 @@ def test_an_mlx_group_size_that_quantizes_nothing_is_refused(checkpoints, tmp_pa
     assert not (tmp_path / "g128").exists()
     some = run("convert", src, "-o", str(tmp_path / "g64"), "--runtime", "mlx", "--quant", "q4", "--group-size", "64")
     assert some.returncode == 0 and "kept in float" in some.stderr
+
+
+def test_a_revision_for_a_local_folder_is_refused(checkpoints, tmp_path):
+    assert_one_line_error(run("convert", str(checkpoints("qwen2")[0]), "-o", str(tmp_path / "out"), "--revision",
+                              "main"), "--revision", "local folder")
+    assert not (tmp_path / "out").exists()

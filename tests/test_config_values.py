@@ -236,3 +236,15 @@ def test_a_manifest_with_a_nonsense_config_is_refused_when_loaded():
     hf = {**CONFIGS["llama"], "num_hidden_layers": 0}
     with pytest.raises(ConfigError, match="num_hidden_layers must be a positive integer, got 0"):
         arch_module("llama").parse_config(hf)
+
+
+def test_a_text_true_or_false_is_refused_not_read_as_true(tmp_path):
+    """tie_word_embeddings "false" was read with bool(): True."""
+    from edgegen.archs._decoder import parse_decoder_config
+
+    hf = {"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+          "num_attention_heads": 2}
+    assert parse_decoder_config({**hf, "tie_word_embeddings": True}).tie_word_embeddings is True
+    assert parse_decoder_config({**hf, "tie_word_embeddings": None}).tie_word_embeddings is False
+    with pytest.raises(ConfigError, match="tie_word_embeddings must be true or false"):
+        parse_decoder_config({**hf, "tie_word_embeddings": "false"})

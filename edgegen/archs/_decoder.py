@@ -155,9 +155,19 @@ def parse_decoder_config(hf: dict[str, Any], names: dict[str, str] | None = None
         intermediate_size=size("intermediate_size"), num_hidden_layers=size("num_hidden_layers", high=MAX_LAYERS),
         num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
         rms_norm_eps=config_float(hf, "rms_norm_eps", 1e-6), max_position_embeddings=context,
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=theta, rope_scaling=scaling,
+        tie_word_embeddings=_flag(hf, "tie_word_embeddings"), rope_theta=theta, rope_scaling=scaling,
         **features,
     )
+
+
+def _flag(hf: dict[str, Any], key: str) -> bool:
+    """A true/false field (bool("false") would be True)."""
+    value = hf.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad_value(key, "true or false", value)
+    return value
 
 
 def _check_diffusion(spec: DiffusionSpec | None, vocab: int, context: int, names: dict[str, str]) -> None:

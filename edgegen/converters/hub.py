@@ -23,6 +23,8 @@ class Source:
 def resolve(src: str, revision: str | None = None) -> Source:
     path = Path(src).expanduser()
     if path.is_dir():
+        if revision is not None:  # refused rather than ignored
+            raise ConversionError(f"--revision picks a revision of a hub repo, and {src} is a local folder; drop it")
         return Source(path.resolve())
     if not _REPO_ID.match(src):
         raise ConversionError(f"{src} is neither a folder nor a Hugging Face repo id (owner/name); "
