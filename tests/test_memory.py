@@ -160,18 +160,26 @@ def test_seeded_images_do_not_depend_on_the_batch_size():
     assert whole.class_ids == [2] * 5 + [7] * 5 and len(whole.timing.scales) == len(model.model.patch_nums)
 
 
-def test_an_interrupted_image_run_keeps_its_finished_files(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "edgegen", "image", "-c", "4", "-n", "5000", "--batch-size", "4",
-                             "-o", str(tmp_path / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def interrupted_image_run(n: int, folder: Path, files: int, preexec_fn=None) -> tuple[int, str]:
+    """`edgegen image -c 4 -n N -o folder/x.png` in batches of 4, Ctrl-C once `files` PNGs are
+    there: (exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgegen", "image", "-c", "4", "-n", str(n), "--batch-size", "4",
+                             "-o", str(folder / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=preexec_fn)
     try:
         deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("x-*.png"))) < 8 and time.monotonic() < deadline and proc.poll() is None:
+        while len(list(folder.glob("x-*.png"))) < files and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, err
+
+
+def test_an_interrupted_image_run_keeps_its_finished_files(tmp_path):
+    code, err = interrupted_image_run(5000, tmp_path, 8)
+    assert code == 130, err
     files = sorted(tmp_path.iterdir())
     assert len(files) >= 8 and all(p.suffix == ".png" and is_edgegen_png(p) for p in files), files
     numbers = sorted(int(p.stem.split("-")[1]) for p in files)
@@ -185,18 +193,8 @@ def test_a_billion_images_start_at_once_in_bounded_memory(tmp_path):
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgegen", "image", "-c", "4", "-n", "1000000000", "--batch-size",
-                             "4", "-o", str(tmp_path / "x.png")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=cap)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("x-*.png"))) < 4 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    code, err = interrupted_image_run(10**9, tmp_path, 4, preexec_fn=cap)
+    assert code == 130, err
     assert len(list(tmp_path.glob("x-*.png"))) >= 4
 
 
