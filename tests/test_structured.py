@@ -321,7 +321,7 @@ def test_a_tokens_logprob_waits_while_its_text_may_start_a_stop_string():
             out.append((shown, list(given)))
             if text.hit:
                 break
-        gate.finish(0, len(text.push("", final=True)), cut=text.hit)
+        gate.finish(len(text.push("", final=True)), cut=text.hit)
         return out + [("", given)]
 
     assert run(["x", "a", "c"], ["ab"]) == [("x", ["x"]), ("", ["x"]), ("ac", ["x", "a", "c"]), ("", ["x", "a", "c"])]

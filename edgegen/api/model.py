@@ -302,7 +302,7 @@ class Model:
             decoded = decoder.flush()
             shown = text.push(decoded, final=True)
             if gate is not None:
-                gate.finish(len(decoded), len(shown), cut=text.hit)
+                gate.finish(len(shown), cut=text.hit)
             tail = calls.push(shown)
             rest, stats.tool_calls = calls.finish(cut_short=stats.finish_reason == "length")
             if stats.tool_calls:

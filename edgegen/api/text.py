@@ -72,10 +72,9 @@ class TokenGate:
         while self.waiting and self.waiting[0][0] < self.shown and self.waiting[0][1] <= self.shown:
             self.out.append(self.waiting.popleft()[2])
 
-    def finish(self, decoded: int, shown: int, cut: bool) -> None:
-        """The last text (`cut`: a stop string ended the reply); a token whose text begins before
-        the cut is given, one after it is not."""
-        self.decoded += decoded
+    def finish(self, shown: int, cut: bool) -> None:
+        """The last text shown (`cut`: a stop string ended the reply); a token whose text begins
+        before the cut is given, one after it is not."""
         self.shown += shown
         self.out.extend(entry for start, _, entry in self.waiting if not cut or start < self.shown)
         self.waiting.clear()
