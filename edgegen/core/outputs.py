@@ -70,24 +70,28 @@ def check_output(out: str | Path, *, force: bool, sources: Sequence[str | Path] 
 def _check_writable_place(out: Path) -> None:
     """One line now, before any work, where `out` cannot be written: its nearest existing
     ancestor is a file, or a folder this user may not write into (the folders between are made)."""
-    place = out.parent
-    while not place.exists():
-        place = place.parent
+    missing = _missing_folders(out)
+    place = missing[-1].parent if missing else out.parent
     if not place.is_dir():
         raise ConfigError(f"cannot write {out}: {place} is a file, not a folder; choose another -o")
     if not os.access(place, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {out}: the folder {place} is not writable; choose another -o")
 
 
+def _missing_folders(out: Path) -> list[Path]:
+    """The folders above `out` that do not exist yet, innermost first."""
+    missing, folder = [], out.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @contextlib.contextmanager
 def _parent_of(out: Path) -> Iterator[None]:
     """`out`'s parent folder, made with any missing ancestors; those it made are removed again if
     the output is not written (a failed command leaves nothing behind, no empty folders either)."""
-    made = []
-    folder = out.parent
-    while not folder.exists():
-        made.append(folder)
-        folder = folder.parent
+    made = _missing_folders(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield
